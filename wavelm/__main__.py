@@ -1,0 +1,3 @@
+from wavelm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""The `wavelm` command line: `wavelm prepare|train|generate|score|demo|bench`.
+
+Each subcommand lives in wavelm/commands/<name>.py with `add_parser(subparsers)` and
+`run(args) -> int`. Library code raises exceptions; this module turns user errors into one
+line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import import_module
+
+# name -> one-line description (shown by `wavelm --help`)
+COMMANDS = {
+    "prepare": "decode an audio folder (or YouTubeMix) into a mu-law token cache",
+    "train": "train a model on an audio folder or token cache",
+    "generate": "generate audio sample by sample (default: the bundled model)",
+    "score": "negative log-likelihood of audio files in bits per sample",
+    "demo": "browser demo (Gradio): generate, listen, score",
+    "bench": "benchmarks: generation, training or scoring speed on this machine",
+}
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wavelm", description="Autoregressive raw-audio waveform LMs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, desc in COMMANDS.items():
+        try:
+            mod = import_module(f"wavelm.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"wavelm.commands.{name}":
+                raise
+            continue  # not built yet
+        sp = sub.add_parser(name, help=desc, description=desc)
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("wavelm: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        # library code raises ValueError (and subclasses such as AudioError) for bad input
+        print(f"wavelm {args.command}: error: {e}", file=sys.stderr)
+        return 2

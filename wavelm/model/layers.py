@@ -1,0 +1,207 @@
+"""Building blocks. Every module that mixes time has one `forward(x, state=None)`;
+`state=None` is a stream that starts from a zero state.
+
+# B batch, T time (steps of this stage), C channels, H heads, D head dim, W window, K kernel
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .state import AttnState, ConvState
+
+
+class CausalConv(nn.Module):
+    """Causal 1-D conv over (B, T, C). The state holds the last (K-1)*dilation inputs, the
+    same values training pads with (zeros at the start of a stream)."""
+
+    def __init__(self, c_in, c_out, kernel, dilation=1, groups=1, bias=True):
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, groups=groups, bias=bias)
+        self.context = (kernel - 1) * dilation
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        w = self.conv.weight
+        return ConvState(torch.zeros(batch_size, self.conv.in_channels, self.context,
+                                     device=device or w.device, dtype=dtype or w.dtype))
+
+    def forward(self, x, state: ConvState | None = None):
+        x = x.transpose(1, 2)                                   # (B, C, T)
+        if state is None:
+            x = F.pad(x, (self.context, 0))
+        else:
+            x = torch.cat([state.buf, x], dim=2)                # (B, C, L + T)
+            state.buf = x[:, :, x.shape[2] - self.context:]
+        return self.conv(x).transpose(1, 2)                     # (B, T, C_out)
+
+    def lookback(self):
+        return self.context
+
+
+def rope(x, pos, base):
+    """Rotary embedding at absolute positions. x (B, H, T, D), pos (T,) int64."""
+    d = x.shape[-1]
+    inv = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float64) / d)
+    ang = (pos.to(torch.float64)[:, None] * inv[None]).to(x.dtype)   # (T, D/2)
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention over a sliding window of W steps, rotary positions.
+
+    Keys live in a ring buffer of static shape (B, H, W, D) with the absolute position of each
+    slot; the mask comes from positions only: key p is visible to query q iff
+    0 <= p <= q and q - p < W. Long chunks are processed in blocks of S = min(T, W) queries,
+    each against W + S keys, so training never builds a T x T mask.
+    With `cat_kernel` > 0 (CAT), Q, K and V pass through a causal depthwise conv first.
+    """
+
+    def __init__(self, dim, n_heads, window, rope_base=10000.0, cat_kernel=0, dropout=0.0):
+        super().__init__()
+        self.h, self.d, self.w, self.base = n_heads, dim // n_heads, window, rope_base
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv_conv = CausalConv(3 * dim, 3 * dim, cat_kernel, groups=3 * dim) if cat_kernel else None
+        self.dropout = dropout
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        p = self.qkv.weight
+        device, dtype = device or p.device, dtype or p.dtype
+        shape = (batch_size, self.h, self.w, self.d)
+        return AttnState(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            pos=torch.full((self.w,), -1, device=device, dtype=torch.int64),
+            offset=torch.zeros((), device=device, dtype=torch.int64),
+            qkv_conv=self.qkv_conv.init_state(batch_size, device, dtype) if self.qkv_conv else None,
+        )
+
+    def forward(self, x, state: AttnState | None = None):
+        B, T, C = x.shape
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        qkv = self.qkv(x)
+        if self.qkv_conv is not None:
+            qkv = self.qkv_conv(qkv, state.qkv_conv)
+        q, k, v = qkv.view(B, T, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        pos = state.offset + torch.arange(T, device=x.device)               # (T,)
+        q, k = rope(q, pos, self.base), rope(k, pos, self.base)
+        y = self._attend(q, k, v, pos, state)                               # (B, H, T, D)
+        self._remember(k, v, pos, state)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return F.dropout(self.out(y), self.dropout, self.training)
+
+    def _attend(self, q, k, v, pos, state):
+        B, H, T, D = q.shape
+        W = self.w
+        S = min(T, W)                                     # queries per block
+        n = -(-T // S)                                    # blocks
+        pad = n * S - T
+        # padded positions continue the count: they are in the future of every real query
+        pos_all = state.offset + torch.arange(n * S, device=q.device)
+        if pad:
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        k_ext = torch.cat([state.k, k], dim=2)            # (B, H, W + nS, D): ring, then chunk
+        v_ext = torch.cat([state.v, v], dim=2)
+        p_ext = torch.cat([state.pos, pos_all])           # (W + nS,)
+        # block j's queries [jS, jS + S) see ext keys [jS, jS + W + S)
+        kb = k_ext.unfold(2, W + S, S).transpose(-1, -2)  # (B, H, n, W + S, D)
+        vb = v_ext.unfold(2, W + S, S).transpose(-1, -2)
+        pk = p_ext.unfold(0, W + S, S)                    # (n, W + S)
+        pq = pos_all.view(n, S, 1)                        # (n, S, 1)
+        mask = (pk[:, None, :] >= 0) & (pk[:, None, :] <= pq) & (pq - pk[:, None, :] < W)
+        qb = q.reshape(B, H, n, S, D)
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return y.reshape(B, H, n * S, D)[:, :, :T]
+
+    def _remember(self, k, v, pos, state):
+        m = min(k.shape[2], self.w)                       # only the last W keys can matter
+        slots = pos[-m:] % self.w
+        state.k = state.k.index_copy(2, slots, k[:, :, -m:])
+        state.v = state.v.index_copy(2, slots, v[:, :, -m:])
+        state.pos = state.pos.index_copy(0, slots, pos[-m:])
+        state.offset = state.offset + k.shape[2]
+
+    def lookback(self):
+        return self.w - 1 + (self.qkv_conv.lookback() if self.qkv_conv else 0)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, mult, dropout=0.0):
+        super().__init__()
+        hidden = int(dim * mult)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.dropout = dropout
+
+    def forward(self, x):
+        # SiLU, not GELU: same quality here and far cheaper per call on CPU (see NOTES.md)
+        return F.dropout(self.down(F.silu(self.up(self.norm(x)))), self.dropout, self.training)
+
+
+class ConformerConv(nn.Module):
+    """Gulati et al. conv module, causal: LN -> pointwise (2C) -> GLU -> causal depthwise
+    -> LayerNorm (BatchNorm would pool statistics over time) -> SiLU -> pointwise."""
+
+    def __init__(self, dim, kernel, dropout=0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, 2 * dim)
+        self.dw = CausalConv(dim, dim, kernel, groups=dim)
+        self.dw_norm = nn.LayerNorm(dim)
+        self.pw2 = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x, state=None):
+        x = F.glu(self.pw1(self.norm(x)), dim=-1)
+        x = F.silu(self.dw_norm(self.dw(x, state)))
+        return F.dropout(self.pw2(x), self.dropout, self.training)
+
+
+class ConvStack(nn.Module):
+    """Conformer-LLM (Verma 2023) conv module: stacked causal convs with ReLU and a skip
+    connection. "small": kernels (3, 7) with (2E, E) filters; "large": (2, 3, 5) with (2E, 2E, E)."""
+
+    def __init__(self, dim, size="small"):
+        super().__init__()
+        kernels, widths = ((3, 7), (2, 1)) if size == "small" else ((2, 3, 5), (2, 2, 1))
+        self.norm = nn.LayerNorm(dim)
+        chans = [dim] + [w * dim for w in widths]
+        self.convs = nn.ModuleList(CausalConv(a, b, k) for a, b, k in zip(chans, chans[1:], kernels))
+
+    def forward(self, x, states=None):
+        h = self.norm(x)
+        for i, conv in enumerate(self.convs):
+            h = conv(h, None if states is None else states[i])
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+        return h
+
+
+class GatedConv(nn.Module):
+    """Attention-free time mixing (conv arch): LN -> linear to 2C -> dilated causal depthwise
+    conv on one half, SiLU gate from the other -> linear."""
+
+    def __init__(self, dim, kernel, dilation, dropout=0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.inp = nn.Linear(dim, 2 * dim)
+        self.dw = CausalConv(dim, dim, kernel, dilation=dilation, groups=dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x, state=None):
+        a, g = self.inp(self.norm(x)).chunk(2, dim=-1)
+        y = self.dw(a, state) * F.silu(g)
+        return F.dropout(self.out(y), self.dropout, self.training)
+
+
+def conv_states(module, batch_size, device, dtype):
+    return [m.init_state(batch_size, device, dtype) for m in module.modules() if isinstance(m, CausalConv)]

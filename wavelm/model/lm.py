@@ -1,0 +1,160 @@
+"""WaveLM: a causal language model over 8-bit mu-law samples.
+
+    model = WaveLM(ModelConfig.from_name("small"))
+    logits = model(tokens)                        # (B, T) int64 -> (B, T, 256)
+    state = model.init_state(batch_size=B)
+    logits = model(tokens[:, t:t + k], state=state)   # any chunk length; state advanced in place
+
+Structure: embedding -> Stage 0 -> norm -> linear head. A stage is a stack of blocks of the
+chosen arch; with pooling, the stage's blocks are split around a residual path
+x + Up(Stage_inner(Down(x))) that runs at 1/p of the rate (SaShiMi-style multi-rate U-Net).
+
+# B batch, T time (steps of this stage), C channels, p pooling factor, g complete groups
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .blocks import make_blocks
+from .config import ModelConfig
+from .state import PoolState, StackState, State
+
+
+class Pool(nn.Module):
+    """Causal down-pool -> inner stage -> up-pool, shifted by one group.
+
+    Down: each complete group of p steps is concatenated and projected to the inner width.
+    Up: each inner output is projected to p steps that serve the *next* group, so the output at
+    step t only sees inputs of groups that ended before t's group began (zeros for group 0).
+    Streaming: the state buffers the r < p inputs of the incomplete group and the p outputs
+    held for the current group; the inner stage runs once per completed group.
+    """
+
+    def __init__(self, p, dim, inner_dim, inner: "Stage"):
+        super().__init__()
+        self.p = p
+        self.down = nn.Linear(p * dim, inner_dim)
+        self.inner = inner
+        self.up = nn.Linear(inner_dim, p * dim)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        w = self.down.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        C = self.up.out_features // self.p
+        return PoolState(buf=torch.zeros(batch_size, 0, C, device=device, dtype=dtype),
+                         held=torch.zeros(batch_size, self.p, C, device=device, dtype=dtype),
+                         inner=self.inner.init_state(batch_size, device, dtype))
+
+    def forward(self, x, state: PoolState | None = None):
+        B, T, C = x.shape
+        p = self.p
+        if state is None:
+            state = self.init_state(B, x.device, x.dtype)
+        r = state.buf.shape[1]
+        xs = torch.cat([state.buf, x], dim=1)                          # (B, r + T, C)
+        g = xs.shape[1] // p
+        if g:
+            z = self.down(xs[:, :g * p].reshape(B, g, p * C))          # (B, g, C_inner)
+            u = self.up(self.inner(z, state.inner)).reshape(B, g * p, C)
+            seq = torch.cat([state.held, u], dim=1)                    # (B, p + g p, C)
+        else:
+            seq = state.held
+        state.held = seq[:, g * p:g * p + p]
+        state.buf = xs[:, g * p:]
+        return seq[:, r:r + T]                                         # (B, T, C)
+
+    def lookback(self):
+        # a group's inputs reach outputs at most two groups later, plus the inner stage's reach
+        return self.p * (self.inner.lookback() + 2)
+
+
+class Stage(nn.Module):
+    """Blocks of stage `i`; with an inner stage, half the blocks run before the pooled
+    residual path and half after. Ends with a LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig, i: int = 0):
+        super().__init__()
+        dim, n = cfg.stage_dims[i], cfg.stage_layers[i]
+        blocks = make_blocks(cfg, dim, n, cfg.stage_windows[i])
+        inner = i < len(cfg.pool)
+        split = n // 2 if inner else n
+        self.pre = nn.ModuleList(blocks[:split])
+        self.post = nn.ModuleList(blocks[split:])
+        self.pool = Pool(cfg.pool[i], dim, cfg.stage_dims[i + 1], Stage(cfg, i + 1)) if inner else None
+        self.norm = nn.LayerNorm(dim)
+
+    def init_state(self, batch_size, device=None, dtype=None) -> StackState:
+        return StackState(
+            blocks=[b.init_state(batch_size, device, dtype) for b in (*self.pre, *self.post)],
+            pool=self.pool.init_state(batch_size, device, dtype) if self.pool is not None else None)
+
+    def forward(self, x, state: StackState | None = None):
+        blocks = (*self.pre, *self.post)
+        for j, block in enumerate(blocks):
+            if j == len(self.pre) and self.pool is not None:
+                x = x + self.pool(x, None if state is None else state.pool)
+            x = block(x, None if state is None else state.blocks[j])
+        if not self.post and self.pool is not None:
+            x = x + self.pool(x, None if state is None else state.pool)
+        return self.norm(x)
+
+    def lookback(self):
+        return sum(b.lookback() for b in (*self.pre, *self.post)) + (self.pool.lookback() if self.pool else 0)
+
+
+class WaveLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.stage_dims[0])
+        self.body = Stage(cfg, 0)
+        self.head = nn.Linear(cfg.stage_dims[0], cfg.vocab_size)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.5)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """A zero state ("nothing seen yet") for `batch_size` streams."""
+        p = self.head.weight
+        return State(self.body.init_state(batch_size, device or p.device, dtype or p.dtype), batch_size)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        """tokens (B, T) int64 in [0, 256) -> logits (B, T, 256) predicting the next sample."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
+        if state is not None and state.batch_size != tokens.shape[0]:
+            raise ValueError(f"state is for batch {state.batch_size}, tokens have batch {tokens.shape[0]}")
+        return self.forward_embedded(self.embed(tokens), state)
+
+    def forward_embedded(self, h: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        """The model after the embedding: (B, T, C) -> logits (B, T, 256)."""
+        return self.head(self.body(h, None if state is None else state.stack))
+
+    def receptive_field(self) -> int:
+        """An upper bound on how many past steps an output can depend on, plus one."""
+        return self.body.lookback() + 1
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path=None, map_location="cpu") -> "WaveLM":
+        """Load a checkpoint directory; `path=None` loads the bundled default model."""
+        from wavelm.checkpoint import load_model
+
+        return load_model(path, map_location=map_location)
+
+    def save_pretrained(self, path, extra: dict | None = None):
+        from wavelm.checkpoint import save_model
+
+        return save_model(self, path, extra=extra)
