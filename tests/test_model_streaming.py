@@ -107,7 +107,7 @@ def test_training_attention_uses_band_not_dense_mask(monkeypatch):
     monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
     cfg = ModelConfig.from_name("tiny", arch="transformer", attn_window=16, n_layers=1)
     WaveLM(cfg)(torch.randint(0, 256, (1, 4096)))
-    assert shapes == [(256, 16, 32)]
+    assert shapes == [(1024, 4, 20)]  # 1024 blocks of S = W/4 queries, each against W + S keys
 
 
 def test_config_presets_and_errors():
@@ -139,3 +139,12 @@ def test_checkpoint_roundtrip(tmp_path):
         WaveLM.from_pretrained(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="not a wavelm checkpoint"):
         WaveLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
+def test_short_fresh_chunk_fast_path_matches_stream(arch, pool):
+    """T <= attn_window takes the fused causal kernel; it must equal the ring-buffer path."""
+    torch.manual_seed(0)
+    model = WaveLM(ModelConfig.from_name("tiny", arch=arch, pool=pool, attn_window=64)).double().eval()
+    x = torch.randint(0, 256, (2, 40))
+    torch.testing.assert_close(run_chunks(model, x, [1] * 40), model(x), rtol=0, atol=1e-9)

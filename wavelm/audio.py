@@ -11,6 +11,7 @@ clipped to [-1, 1] (a clipped waveform is still a waveform; NaN is a bug upstrea
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -29,88 +30,63 @@ class AudioError(ValueError):
 
 
 # ----------------------------------------------------------------------------- mu-law
+# Computed in torch float32 whatever the input kind: numpy's and torch's log1p differ in the last
+# ulp on a few inputs, and the codes must not depend on the array library.
 
-def _as_f32(x):
-    if isinstance(x, torch.Tensor):
-        x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("mulaw_encode: input holds NaN or inf values")
-        return x.clamp(-1.0, 1.0), torch
-    a = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError("mulaw_encode: input holds NaN or inf values")
-    return np.clip(a, -1.0, 1.0), np
+def _torch_f32(x, who: str) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t.to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{who}: input holds NaN or inf values")
+    return t
 
 
-def _compand(x, xp):
-    mu = np.float32(MU)
-    if xp is torch:
-        return torch.sign(x) * torch.log1p(mu * x.abs()) / torch.log1p(torch.tensor(mu))
-    return np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+def _like(t: torch.Tensor, x):
+    return t if isinstance(x, torch.Tensor) else t.numpy()
 
 
-def _expand(y, xp):
-    mu = np.float32(MU)
-    if xp is torch:
-        return torch.sign(y) * torch.expm1(y.abs() * torch.log1p(torch.tensor(mu))) / mu
-    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
-
-
-def _via_torch(fn, x, *args):
-    # numpy inputs go through torch so both kinds give bit-identical codes (numpy's and
-    # torch's log1p differ in the last ulp on a few inputs)
-    if isinstance(x, torch.Tensor):
-        return fn(x, *args)
-    return fn(torch.from_numpy(np.ascontiguousarray(x)), *args).numpy()
+def _expand(y: torch.Tensor) -> torch.Tensor:
+    return torch.sign(y) * torch.expm1(y.abs() * math.log1p(MU)) / MU
 
 
 def mulaw_encode(x):
-    """float audio in [-1, 1] -> int codes 0..255 (torchaudio.functional.mu_law_encoding)."""
-    if not isinstance(x, torch.Tensor):
-        return _via_torch(mulaw_encode, np.asarray(x, dtype=np.float32))
-    x, xp = _as_f32(x)
-    y = _compand(x, xp)
-    q = (y + 1) / 2 * np.float32(MU) + np.float32(0.5)
-    return q.to(torch.int64) if xp is torch else q.astype(np.int64)
+    """float audio in [-1, 1] -> int64 codes 0..255 (torchaudio.functional.mu_law_encoding).
+    Finite values outside [-1, 1] are clipped; NaN/inf raise ValueError."""
+    t = _torch_f32(x, "mulaw_encode").clamp(-1.0, 1.0)
+    mu = torch.tensor(float(MU))
+    y = torch.sign(t) * torch.log1p(mu * t.abs()) / torch.log1p(mu)
+    return _like(((y + 1) / 2 * mu + 0.5).to(torch.int64), x)
 
 
 def mulaw_decode(q):
     """int codes 0..255 -> float32 audio in [-1, 1] (torchaudio.functional.mu_law_decoding)."""
-    if not isinstance(q, torch.Tensor):
-        return _via_torch(mulaw_decode, np.asarray(q))
-    return _expand(q.to(torch.float32) / MU * 2 - 1, torch)
+    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.asarray(q))
+    return _like(_expand(t.to(torch.float32) / MU * 2 - 1), q)
 
 
-def minmax_scale(x):
-    """Scale to [-1, 1] by the min and max of x (s4's per-chunk normalisation)."""
-    if isinstance(x, torch.Tensor):
-        x = x.to(torch.float32)
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo + 1e-8) * 2 - 1 if x.numel() else x
-    x = np.asarray(x, dtype=np.float32)
-    if x.size == 0:
-        return x
-    lo, hi = x.min(), x.max()
-    return ((x - lo) / (hi - lo + np.float32(1e-8)) * 2 - 1).astype(np.float32)
+def minmax_scale(t: torch.Tensor) -> torch.Tensor:
+    """Scale to [-1, 1] by the min and max (s4's per-chunk normalisation, its 1e-6 epsilon)."""
+    if not t.numel():
+        return t
+    lo, hi = t.min(), t.max()
+    return -1 + 2 * (t - lo) / (hi - lo + 1e-6)
 
 
 def mulaw_encode_s4(x, bits: int = 8):
-    """s4's quantiser (src/dataloaders/audio.py: mu_law_encode + quantize): min-max scale to
-    [-1, 1], compand, then code = floor((y + 1) / 2 * (2**bits - 0.01) + 0.005)."""
-    if not isinstance(x, torch.Tensor):
-        return _via_torch(mulaw_encode_s4, np.asarray(x, dtype=np.float32), bits)
-    x, xp = _as_f32(x)
-    x = minmax_scale(x)
-    y = _compand(x, xp)
-    q = (y + 1) / 2 * np.float32(2**bits - 0.01) + np.float32(0.005)
-    return torch.floor(q).to(torch.int64) if xp is torch else np.floor(q).astype(np.int64)
+    """s4's quantiser (src/dataloaders/audio.py mu_law_encode + quantize): min-max scale to
+    [-1, 1] (no clipping: any gain works), compand log1p(mu |x + 1e-8|), then
+    code = floor((y + 1) / 2 * (2**bits - 0.01) + 0.005)."""
+    t = minmax_scale(_torch_f32(x, "mulaw_encode_s4"))
+    mu = torch.tensor(float(2**bits - 1))
+    y = torch.sign(t) * (torch.log1p(mu * torch.abs(t + 1e-8)) / torch.log1p(mu))
+    q = (y + 1) / 2 * (2**bits - 0.01) + 0.005
+    return _like(torch.floor(q).to(torch.int64), x)
 
 
 def mulaw_decode_s4(q, bits: int = 8):
-    """Inverse of `mulaw_encode_s4` (up to the lost min-max gain): code / 128 - 1, then expand."""
-    if not isinstance(q, torch.Tensor):
-        return _via_torch(mulaw_decode_s4, np.asarray(q), bits)
-    return _expand(q.to(torch.float32) / 2 ** (bits - 1) - 1, torch)
+    """Inverse of `mulaw_encode_s4` (up to the lost min-max gain): code / 2**(bits-1) - 1, expand."""
+    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.asarray(q))
+    return _like(_expand(t.to(torch.float32) / 2 ** (bits - 1) - 1), q)
 
 
 # ----------------------------------------------------------------------------- file I/O

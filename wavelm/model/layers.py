@@ -56,7 +56,7 @@ class Attention(nn.Module):
 
     Keys live in a ring buffer of static shape (B, H, W, D) with the absolute position of each
     slot; the mask comes from positions only: key p is visible to query q iff
-    0 <= p <= q and q - p < W. Long chunks are processed in blocks of S = min(T, W) queries,
+    0 <= p <= q and q - p < W. Long chunks are processed in blocks of S = min(T, W/4) queries,
     each against W + S keys, so training never builds a T x T mask.
     With `cat_kernel` > 0 (CAT), Q, K and V pass through a causal depthwise conv first.
     """
@@ -83,7 +83,8 @@ class Attention(nn.Module):
 
     def forward(self, x, state: AttnState | None = None):
         B, T, C = x.shape
-        if state is None:
+        fresh = state is None
+        if fresh:
             state = self.init_state(B, x.device, x.dtype)
         qkv = self.qkv(x)
         if self.qkv_conv is not None:
@@ -91,24 +92,37 @@ class Attention(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         pos = state.offset + torch.arange(T, device=x.device)               # (T,)
         q, k = rope(q, pos, self.base), rope(k, pos, self.base)
-        y = self._attend(q, k, v, pos, state)                               # (B, H, T, D)
-        self._remember(k, v, pos, state)
+        if fresh and T <= self.w:
+            # a fresh stream no longer than the window: the position rule is plain causal
+            # masking, and the fused kernel skips the masked half (training's common case)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = self._attend(q, k, v, pos, state)                           # (B, H, T, D)
+            self._remember(k, v, pos, state)
         y = y.transpose(1, 2).reshape(B, T, C)
         return F.dropout(self.out(y), self.dropout, self.training)
 
     def _attend(self, q, k, v, pos, state):
         B, H, T, D = q.shape
         W = self.w
-        S = min(T, W)                                     # queries per block
+        # queries per block: each block reads W + S keys, so S = W/4 wastes 25% on masked keys
+        S = min(T, max(1, W // 4))
         n = -(-T // S)                                    # blocks
         pad = n * S - T
         # padded positions continue the count: they are in the future of every real query
         pos_all = state.offset + torch.arange(n * S, device=q.device)
         if pad:
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        k_ext = torch.cat([state.k, k], dim=2)            # (B, H, W + nS, D): ring, then chunk
-        v_ext = torch.cat([state.v, v], dim=2)
-        p_ext = torch.cat([state.pos, pos_all])           # (W + nS,)
+        rk, rv, rp = state.k, state.v, state.pos
+        if n > 1:
+            # blocks after the first see only a suffix of the ring: put it in time order
+            # (slot of position p is p % W, so this gathers positions offset-W .. offset-1)
+            order = (state.offset + torch.arange(W, device=q.device)) % W
+            rk, rv, rp = rk.index_select(2, order), rv.index_select(2, order), rp.index_select(0, order)
+        k_ext = torch.cat([rk, k], dim=2)                 # (B, H, W + nS, D): ring, then chunk
+        v_ext = torch.cat([rv, v], dim=2)
+        p_ext = torch.cat([rp, pos_all])                  # (W + nS,)
         # block j's queries [jS, jS + S) see ext keys [jS, jS + W + S)
         kb = k_ext.unfold(2, W + S, S).transpose(-1, -2)  # (B, H, n, W + S, D)
         vb = v_ext.unfold(2, W + S, S).transpose(-1, -2)

@@ -1,0 +1,47 @@
+"""`wavelm bench generate|train|score`: speed on this machine, printed as a small table."""
+from __future__ import annotations
+
+from importlib import import_module
+
+TARGETS = {
+    "generate": "samples/s of cached generation vs naive recompute, state memory",
+    "train": "training tokens/s of the presets",
+    "score": "samples/s scored",
+}
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, desc in TARGETS.items():
+        try:
+            mod = import_module(f"wavelm.commands.bench_{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"wavelm.commands.bench_{name}":
+                raise
+            continue
+        sp = sub.add_parser(name, help=desc, description=desc)
+        mod.add_arguments(sp)
+        sp.set_defaults(_bench=mod.run)
+
+
+def run(args) -> int:
+    return args._bench(args)
+
+
+def machine() -> str:
+    """One line naming this machine: CPU model, cores, torch threads (and the GPU, if any)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    s = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    if torch.cuda.is_available():
+        s += f", GPU {torch.cuda.get_device_name(0)}"
+    return s

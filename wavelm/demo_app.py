@@ -1,0 +1,359 @@
+"""Browser demo (Gradio): generate audio, score a file, see which model is loaded.
+
+    wavelm demo                                  # the bundled model on http://127.0.0.1:7860
+    wavelm demo --checkpoint runs/piano --port 8000
+    python demo/app.py --checkpoint runs/piano   # the same, as a script
+
+    demo = build_demo(model)                     # a gr.Blocks
+    launch(demo, port=7860)                      # local only: 127.0.0.1, share=False
+
+Limits, checked on every request (the HTTP API included): MAX_SECONDS of audio per generation,
+MAX_SAMPLES samples at once, prompts up to MAX_PROMPT_SECONDS, scoring up to MAX_SCORE_SECONDS.
+Bad input shows an error in the page; the server keeps serving.
+
+Generated audio is served as 16-bit WAV at the model's rate with its real level (Gradio
+peak-normalises float arrays; int16 passes through untouched). When the `ffmpeg` program is
+installed, playback starts while generation is still running (Gradio's streaming audio needs
+ffmpeg); without it the players fill in when generation ends.
+
+Gradio is imported inside build_demo() (it takes seconds), after offline_env() has set
+GRADIO_ANALYTICS_ENABLED=False, HF_HUB_OFFLINE=1 and HF_HUB_DISABLE_TELEMETRY=1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wavelm.audio import AudioError, audio_info, load_audio
+
+log = logging.getLogger(__name__)
+
+MAX_SECONDS = 60.0          # audio per generation
+MAX_SAMPLES = 4             # samples generated at once (one player each)
+MAX_PROMPT_SECONDS = 30.0   # prompt upload or recording
+MAX_SCORE_SECONDS = 600.0   # file to score (10 minutes)
+MAX_FILE_SIZE = "200mb"     # uploads larger than this are refused by Gradio itself
+CHUNK_SECONDS = 0.5         # streaming: audio per chunk sent to the live player
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+class InputError(ValueError):
+    """Bad input from the page: shown to the user as an error message."""
+
+
+def offline_env():
+    """Keep Gradio and huggingface_hub from calling home (unless the user set otherwise)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def streaming_available() -> bool:
+    return shutil.which("ffmpeg") is not None
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> int16 PCM at the same level (Gradio would peak-normalise floats)."""
+    return np.round(np.clip(x, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def read_upload(path, sample_rate: int, max_seconds: float, what: str = "audio") -> np.ndarray:
+    """Decode an uploaded file to float32 mono at `sample_rate`, or raise InputError saying why.
+
+    libsndfile formats are read directly; others (m4a, webm from a microphone) go through the
+    `ffmpeg` program when it is installed. Files longer than `max_seconds` are refused
+    before they are decoded in full.
+    """
+    if not path:
+        raise InputError(f"no {what}: upload a file first")
+    name = Path(path).name
+    try:
+        sr, _, frames = audio_info(path)
+        if frames / sr > max_seconds:
+            raise InputError(_too_long(name, frames / sr, max_seconds, what))
+        x = load_audio(path, sample_rate)
+    except AudioError as e:
+        x = _ffmpeg_decode(path, sample_rate, max_seconds, name, what, e)
+    if len(x) == 0:
+        raise InputError(f"{name}: holds no audio (0 samples)")
+    return x
+
+
+def _too_long(name, seconds, limit, what):
+    return (f"{name}: {_fmt_duration(seconds)} is too long; the demo takes {what} up to "
+            f"{_fmt_duration(limit)}")
+
+
+def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise InputError(f"{name}: cannot read this file as audio (WAV, FLAC, OGG, MP3 work)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "decoded.wav"
+        cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-t", f"{max_seconds + 1:.3f}",
+               "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", str(out)]
+        r = subprocess.run(cmd, capture_output=True, timeout=120)
+        if r.returncode != 0 or not out.exists():
+            log.info("could not decode %s: %s / ffmpeg: %s", name, error, r.stderr[-300:])
+            raise InputError(f"{name}: cannot read this file as audio") from None
+        x = load_audio(out, sample_rate)
+    if len(x) > max_seconds * sample_rate:
+        raise InputError(_too_long(name, len(x) / sample_rate, max_seconds, what) + " or more")
+    return x
+
+
+def check_generate_args(seconds, samples, temperature, top_p, seed) -> tuple:
+    """Validate the Generate tab's values (they may come from the API, not the sliders)."""
+    try:
+        seconds, temperature, top_p = float(seconds), float(temperature), float(top_p)
+        samples, seed = int(samples), int(seed)
+    except (TypeError, ValueError):
+        raise InputError("seconds, samples, temperature, top-p and seed must be numbers") from None
+    if not 0 < seconds <= MAX_SECONDS:
+        raise InputError(f"seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise InputError(f"number of samples must be 1 to {MAX_SAMPLES}, got {samples}")
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0, got {temperature:g}")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top-p must be in (0, 1], got {top_p:g}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
+    return seconds, samples, temperature, top_p, seed
+
+
+# ----------------------------------------------------------------------------- text and plots
+
+def _fmt_duration(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _find(meta, names, skip=("model",)):
+    """First value in nested dict `meta` under a key in `names` (depth-first, in order)."""
+    if not isinstance(meta, dict):
+        return None
+    for n in names:
+        if n in meta and not isinstance(meta[n], dict):
+            return meta[n]
+    for k, v in meta.items():
+        if k not in skip and isinstance(v, dict):
+            found = _find(v, names, skip)
+            if found is not None:
+                return found
+    return None
+
+
+def _strip_front_matter(text: str) -> str:
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end != -1:
+            return text[end + 4:].lstrip("\n")
+    return text
+
+
+def model_info(model) -> tuple[str, str, str]:
+    """(summary table, model card markdown, config.json text) of a loaded model."""
+    cfg = model.config
+    path = getattr(model, "checkpoint_path", None)
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    n = model.num_parameters()
+    weights = Path(path) / "model.safetensors" if path else None
+    mb = weights.stat().st_size / 1e6 if weights and weights.exists() else n * 4 / 1e6
+    pool = f", pooling {cfg.pool}" if cfg.pool else ""
+    rows = [("Checkpoint", f"`{path}`" if path else "(built in memory, not saved)"),
+            ("Size", f"{n / 1e6:.2f} M parameters, {mb:.1f} MB"),
+            ("Architecture", f"{cfg.arch}, width {cfg.d_model}, {cfg.n_layers} layers/stage, "
+                             f"attention window {cfg.attn_window}{pool}"),
+            ("Audio", f"{cfg.sample_rate} Hz, 8-bit {cfg.codec} (256 classes)")]
+    wanted = [("Training data", ("data", "dataset", "train_data", "data_name", "corpus")),
+              ("Training steps", ("steps", "step", "train_steps", "max_steps")),
+              ("Test NLL (bits/sample)", ("test_bits_per_sample", "test_bpb", "test_bits",
+                                          "test_nll_bits", "test_nll", "bits_per_sample_test")),
+              ("Validation NLL (bits/sample)", ("val_bits_per_sample", "val_bpb", "val_bits")),
+              ("wavelm version", ("wavelm_version",))]
+    for label, names in wanted:
+        v = _find(meta, names)
+        if v is not None:
+            rows.append((label, f"{v:.3f}" if isinstance(v, float) else str(v)))
+    table = "| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {v} |" for k, v in rows)
+    card_file = Path(path) / "README.md" if path else None
+    card = ""
+    if card_file and card_file.exists():
+        card = _strip_front_matter(card_file.read_text(errors="replace"))
+    return table, card or "_No model card (README.md) next to this checkpoint._", json.dumps(meta, indent=2)
+
+
+def score_summary(res, sample_rate: int) -> str:
+    secs = res.num_samples / sample_rate
+    return (f"**{res.bits_per_sample:.3f} bits per sample** over {_fmt_duration(secs)} "
+            f"({res.num_samples:,} samples at {sample_rate} Hz): {res.total_bits / 8e3:,.1f} kB "
+            f"as an ideal code, {res.bits_per_sample * sample_rate / 1e3:.1f} kbit/s "
+            f"(8-bit mu-law is 8 bits per sample).")
+
+
+def _bins(y: np.ndarray, n: int):
+    """Split y into about n equal bins: (bin starts, reshaped (bins, width))."""
+    w = max(1, len(y) // n)
+    m = len(y) // w
+    return np.arange(m) * w, y[:m * w].reshape(m, w)
+
+
+def score_figure(x: np.ndarray, nll_bits: np.ndarray, sample_rate: int):
+    """Waveform, smoothed per-sample NLL and spectrogram, sharing a time axis."""
+    from matplotlib.figure import Figure  # not pyplot: no global state, safe in worker threads
+
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    ax_w, ax_n, ax_s = fig.subplots(3, 1, sharex=True)
+    starts, b = _bins(x, 2000)
+    ax_w.fill_between(starts / sample_rate, b.min(1), b.max(1), color="tab:blue", lw=0)
+    ax_w.set(ylabel="amplitude", ylim=(-1, 1), title="waveform")
+    starts, b = _bins(nll_bits, 1000)
+    ax_n.plot(starts / sample_rate, b.mean(1), color="tab:red", lw=1)
+    ax_n.axhline(float(np.mean(nll_bits)), color="k", ls="--", lw=0.8, label="mean")
+    ax_n.set(ylabel="bits", title="NLL per sample (smoothed)", ylim=(0, None))
+    ax_n.legend(loc="upper right")
+    nfft = 512 if len(x) >= 512 else max(16, 1 << (len(x).bit_length() - 1))
+    if len(x) >= nfft:
+        spec, *_, im = ax_s.specgram(x, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2,
+                                     cmap="magma", scale="dB")
+        top = 10 * np.log10(max(float(spec.max()), 1e-20))
+        im.set_clim(top - 90, top)  # 90 dB of range: silence does not wash out the picture
+    ax_s.set(ylabel="Hz", xlabel="time (s)", title="spectrogram", xlim=(0, len(x) / sample_rate))
+    return fig
+
+
+# ----------------------------------------------------------------------------- the app
+
+def build_demo(model, streaming: bool | None = None):
+    """The Gradio app for `model`. streaming=None: live playback iff `ffmpeg` is installed."""
+    offline_env()
+    import gradio as gr
+
+    from wavelm.generate import stream
+    from wavelm.score import score
+
+    sr = model.config.sample_rate
+    live_ok = streaming_available() if streaming is None else bool(streaming)
+    table, card, config_text = model_info(model)
+
+    def on_generate(seconds, samples, temperature, top_p, seed, prompt, progress=gr.Progress()):
+        try:
+            seconds, samples, temperature, top_p, seed = check_generate_args(
+                seconds, samples, temperature, top_p, seed)
+            x_prompt = read_upload(prompt, sr, MAX_PROMPT_SECONDS, "prompts") if prompt else None
+        except InputError as e:
+            raise gr.Error(str(e)) from None
+        total = int(round(seconds * sr))
+        yield {status: "Starting...", **{p: None for p in players}}
+        parts, done, t0 = [], 0, time.perf_counter()
+        chunks = stream(model, seconds, chunk_samples=max(1, int(CHUNK_SECONDS * sr)),
+                        batch_size=samples, temperature=temperature, top_p=top_p, seed=seed,
+                        prompt=x_prompt)
+        try:
+            for chunk in chunks:
+                parts.append(chunk)
+                done += chunk.shape[1]
+                took = time.perf_counter() - t0
+                progress(min(done / total, 1.0), desc="generating")
+                out = {status: f"Generating: {done / sr:.1f} / {seconds:g} s "
+                               f"({done / sr / took:.2f}x real time)"}
+                if live is not None:
+                    out[live] = (sr, to_int16(chunk[0]))
+                yield out
+        except ValueError as e:  # the library's message for input it refuses
+            raise gr.Error(str(e)) from None
+        took = time.perf_counter() - t0
+        audio = np.concatenate(parts, axis=1) if parts else np.zeros((samples, 0), np.float32)
+        yield {status: f"Done: {samples} x {audio.shape[1] / sr:.2f} s in {took:.1f} s "
+                       f"({audio.shape[1] / sr / max(took, 1e-9):.2f}x real time).",
+               **{p: (sr, to_int16(audio[i])) if i < samples else None
+                  for i, p in enumerate(players)}}
+
+    def on_score(path, progress=gr.Progress()):
+        try:
+            x = read_upload(path, sr, MAX_SCORE_SECONDS, "audio to score")
+        except InputError as e:
+            raise gr.Error(str(e)) from None
+        progress(0.0, desc=f"scoring {_fmt_duration(len(x) / sr)}")
+        try:
+            res = score(model, x)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return round(float(res.bits_per_sample), 4), score_summary(res, sr), \
+            score_figure(x, np.asarray(res.nll_bits), sr)
+
+    with gr.Blocks(title="wavelm demo") as demo:
+        gr.Markdown(f"# wavelm\nAn autoregressive language model over raw audio: 8-bit mu-law "
+                    f"samples at {sr} Hz, generated one sample at a time. "
+                    f"Model: {model.config.arch}, {model.num_parameters() / 1e6:.2f} M parameters.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    seconds = gr.Slider(0.1, MAX_SECONDS, value=min(5.0, MAX_SECONDS), step=0.1,
+                                        label="Seconds", elem_id="seconds",
+                                        info=f"at most {MAX_SECONDS:g} s")
+                    samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples",
+                                        elem_id="samples")
+                    temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                    prompt = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                      label=f"Prompt to continue (optional, at most {MAX_PROMPT_SECONDS:g} s)",
+                                      elem_id="prompt")
+                    with gr.Row():
+                        gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        stop_btn = gr.Button("Stop", elem_id="stop-btn")
+                with gr.Column(scale=2):
+                    status = gr.Markdown("Press **Generate**." + (
+                        " Playback starts while the model is still generating." if live_ok else
+                        " (Install `ffmpeg` to hear audio while it is generated.)"),
+                        elem_id="gen-status")
+                    live = gr.Audio(label="Live (sample 1)", streaming=True, autoplay=True,
+                                    interactive=False, elem_id="live") if live_ok else None
+                    players = [gr.Audio(label=f"Sample {i + 1}", type="numpy", interactive=False,
+                                        buttons=["download"], visible=i == 0,
+                                        elem_id=f"sample-{i + 1}") for i in range(MAX_SAMPLES)]
+        with gr.Tab("Score"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    score_in = gr.Audio(sources=["upload"], type="filepath", elem_id="score-audio",
+                                        label=f"Audio to score (at most {_fmt_duration(MAX_SCORE_SECONDS)})")
+                    score_btn = gr.Button("Score", variant="primary", elem_id="score-btn")
+                with gr.Column(scale=1):
+                    bps = gr.Number(label="Bits per sample", interactive=False, elem_id="bps")
+                    summary = gr.Markdown(elem_id="score-summary")
+            plot = gr.Plot(label="Waveform, NLL per sample, spectrogram", format="png",
+                           elem_id="score-plot")
+        with gr.Tab("Model"):
+            gr.Markdown(table, elem_id="model-info")
+            with gr.Accordion("Model card", open=True):
+                gr.Markdown(card)
+            with gr.Accordion("config.json", open=False):
+                gr.Code(config_text, language="json")
+
+        outputs = [status, *players] + ([live] if live is not None else [])
+        gen = gen_btn.click(on_generate, [seconds, samples, temperature, top_p, seed, prompt],
+                            outputs, api_name="generate")
+        stop_btn.click(None, cancels=[gen])
+        samples.change(lambda n: [gr.update(visible=i < n) for i in range(MAX_SAMPLES)],
+                       samples, players, api_visibility="private")
+        score_btn.click(on_score, [score_in], [bps, summary, plot], api_name="score")
+    demo.queue(default_concurrency_limit=1)  # one job at a time: they all want the CPU
+    return demo
+
+
+def launch(demo, host: str = "127.0.0.1", port: int | None = None, **kwargs):
+    """Serve locally: no share link, errors shown in the page, uploads capped."""
+    kwargs = {"share": False, "show_error": True, "max_file_size": MAX_FILE_SIZE,
+              "ssr_mode": False, "inbrowser": False, **kwargs}
+    return demo.launch(server_name=host, server_port=port, **kwargs)
