@@ -155,7 +155,7 @@ def test_to_int16_keeps_the_level():
 
 def test_model_info_reads_config_and_card(model):
     table, card, config = demo_app.model_info(model)
-    assert "white noise" in table and "7.950" in table and "| **Training steps** | 3 |" in table
+    assert "white noise" in table and "7.950" in table and "- **Training steps**: 3" in table
     assert str(model.checkpoint_path) in table and "parameters" in table
     assert card.strip() == CARD.strip() and '"arch": "conv"' in config
 

@@ -100,3 +100,13 @@ def test_bad_upload_shows_an_error_in_the_page(page, tmp_path):
     page.locator("#score-audio input[type=file]").set_input_files(str(bad))
     page.click("#score-btn")
     page.get_by_text("cannot read this file as audio").first.wait_for()
+    screenshot(page, tmp_path, "error", env_suffix="-error")
+
+
+def test_model_tab_shows_checkpoint_size_and_card(page, tmp_path):
+    page.get_by_role("tab", name="Model").click()
+    info = page.locator("#model-info")
+    info.get_by_text("white noise").wait_for()
+    assert "parameters" in info.inner_text() and "7.950" in info.inner_text()
+    page.get_by_text("Trained on nothing at all.").wait_for()
+    screenshot(page, tmp_path, "model", env_suffix="-model")

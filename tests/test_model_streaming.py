@@ -111,7 +111,7 @@ def test_training_attention_uses_band_not_dense_mask(monkeypatch):
 
 
 def test_config_presets_and_errors():
-    cfg = ModelConfig.from_name("small-pooled")
+    cfg = ModelConfig.from_name("small")
     assert cfg.hop == [1, 4, 16] and cfg.context_seconds >= 1.0
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown arch 'lstm'"):

@@ -57,3 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         # library code raises ValueError (and subclasses such as AudioError) for bad input
         print(f"wavelm {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -143,7 +143,7 @@ def _find(meta, names, skip=("model",)):
     if not isinstance(meta, dict):
         return None
     for n in names:
-        if n in meta and not isinstance(meta[n], dict):
+        if meta.get(n) not in (None, "", {}, []):
             return meta[n]
     for k, v in meta.items():
         if k not in skip and isinstance(v, dict):
@@ -151,6 +151,16 @@ def _find(meta, names, skip=("model",)):
             if found is not None:
                 return found
     return None
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt_value(x) for x in v)
+    return str(v).replace("\n", " ")
 
 
 def _strip_front_matter(text: str) -> str:
@@ -162,7 +172,7 @@ def _strip_front_matter(text: str) -> str:
 
 
 def model_info(model) -> tuple[str, str, str]:
-    """(summary table, model card markdown, config.json text) of a loaded model."""
+    """(summary as a markdown list, model card markdown, config.json text) of a loaded model."""
     cfg = model.config
     path = getattr(model, "checkpoint_path", None)
     meta = getattr(model, "checkpoint_meta", None) or {}
@@ -171,8 +181,8 @@ def model_info(model) -> tuple[str, str, str]:
     mb = weights.stat().st_size / 1e6 if weights and weights.exists() else n * 4 / 1e6
     pool = f", pooling {cfg.pool}" if cfg.pool else ""
     rows = [("Checkpoint", f"`{path}`" if path else "(built in memory, not saved)"),
-            ("Size", f"{n / 1e6:.2f} M parameters, {mb:.1f} MB"),
-            ("Architecture", f"{cfg.arch}, width {cfg.d_model}, {cfg.n_layers} layers/stage, "
+            ("Size", f"{n / 1e6:.2f} M parameters, {mb:.{1 if mb >= 10 else 2}f} MB"),
+            ("Architecture", f"{cfg.arch}, width {cfg.d_model}, {cfg.n_layers} layers per stage, "
                              f"attention window {cfg.attn_window}{pool}"),
             ("Audio", f"{cfg.sample_rate} Hz, 8-bit {cfg.codec} (256 classes)")]
     wanted = [("Training data", ("data", "dataset", "train_data", "data_name", "corpus")),
@@ -184,8 +194,8 @@ def model_info(model) -> tuple[str, str, str]:
     for label, names in wanted:
         v = _find(meta, names)
         if v is not None:
-            rows.append((label, f"{v:.3f}" if isinstance(v, float) else str(v)))
-    table = "| | |\n|---|---|\n" + "\n".join(f"| **{k}** | {v} |" for k, v in rows)
+            rows.append((label, _fmt_value(v)))
+    table = "\n".join(f"- **{k}**: {v}" for k, v in rows)
     card_file = Path(path) / "README.md" if path else None
     card = ""
     if card_file and card_file.exists():
@@ -201,35 +211,16 @@ def score_summary(res, sample_rate: int) -> str:
             f"(8-bit mu-law is 8 bits per sample).")
 
 
-def _bins(y: np.ndarray, n: int):
-    """Split y into about n equal bins: (bin starts, reshaped (bins, width))."""
-    w = max(1, len(y) // n)
-    m = len(y) // w
-    return np.arange(m) * w, y[:m * w].reshape(m, w)
+def score_image(x: np.ndarray, nll_bits: np.ndarray, sample_rate: int, title: str):
+    """wavelm.plot's figure (waveform, smoothed NLL, spectrogram) as a PIL image."""
+    from PIL import Image
 
+    from wavelm.plot import plot_score
 
-def score_figure(x: np.ndarray, nll_bits: np.ndarray, sample_rate: int):
-    """Waveform, smoothed per-sample NLL and spectrogram, sharing a time axis."""
-    from matplotlib.figure import Figure  # not pyplot: no global state, safe in worker threads
-
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    ax_w, ax_n, ax_s = fig.subplots(3, 1, sharex=True)
-    starts, b = _bins(x, 2000)
-    ax_w.fill_between(starts / sample_rate, b.min(1), b.max(1), color="tab:blue", lw=0)
-    ax_w.set(ylabel="amplitude", ylim=(-1, 1), title="waveform")
-    starts, b = _bins(nll_bits, 1000)
-    ax_n.plot(starts / sample_rate, b.mean(1), color="tab:red", lw=1)
-    ax_n.axhline(float(np.mean(nll_bits)), color="k", ls="--", lw=0.8, label="mean")
-    ax_n.set(ylabel="bits", title="NLL per sample (smoothed)", ylim=(0, None))
-    ax_n.legend(loc="upper right")
-    nfft = 512 if len(x) >= 512 else max(16, 1 << (len(x).bit_length() - 1))
-    if len(x) >= nfft:
-        spec, *_, im = ax_s.specgram(x, NFFT=nfft, Fs=sample_rate, noverlap=nfft // 2,
-                                     cmap="magma", scale="dB")
-        top = 10 * np.log10(max(float(spec.max()), 1e-20))
-        im.set_clim(top - 90, top)  # 90 dB of range: silence does not wash out the picture
-    ax_s.set(ylabel="Hz", xlabel="time (s)", title="spectrogram", xlim=(0, len(x) / sample_rate))
-    return fig
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_score(x, nll_bits, Path(tmp) / "score.png", sample_rate=sample_rate, title=title)
+        with Image.open(png) as im:
+            return im.convert("RGB")
 
 
 # ----------------------------------------------------------------------------- the app
@@ -279,18 +270,15 @@ def build_demo(model, streaming: bool | None = None):
                **{p: (sr, to_int16(audio[i])) if i < samples else None
                   for i, p in enumerate(players)}}
 
-    def on_score(path, progress=gr.Progress()):
+    def on_score(path, progress=gr.Progress(track_tqdm=True)):  # score()'s tqdm bar -> page
         try:
             x = read_upload(path, sr, MAX_SCORE_SECONDS, "audio to score")
-        except InputError as e:
+            res = score(model, x, progress=True)
+        except (InputError, ValueError) as e:
             raise gr.Error(str(e)) from None
-        progress(0.0, desc=f"scoring {_fmt_duration(len(x) / sr)}")
-        try:
-            res = score(model, x)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+        title = f"{Path(path).name}: {res.bits_per_sample:.3f} bits/sample"
         return round(float(res.bits_per_sample), 4), score_summary(res, sr), \
-            score_figure(x, np.asarray(res.nll_bits), sr)
+            score_image(x, res.nll_bits, sr, title)
 
     with gr.Blocks(title="wavelm demo") as demo:
         gr.Markdown(f"# wavelm\nAn autoregressive language model over raw audio: 8-bit mu-law "
@@ -332,8 +320,8 @@ def build_demo(model, streaming: bool | None = None):
                 with gr.Column(scale=1):
                     bps = gr.Number(label="Bits per sample", interactive=False, elem_id="bps")
                     summary = gr.Markdown(elem_id="score-summary")
-            plot = gr.Plot(label="Waveform, NLL per sample, spectrogram", format="png",
-                           elem_id="score-plot")
+            plot = gr.Image(label="Waveform, NLL per sample, spectrogram", type="pil",
+                            format="png", interactive=False, elem_id="score-plot")
         with gr.Tab("Model"):
             gr.Markdown(table, elem_id="model-info")
             with gr.Accordion("Model card", open=True):
@@ -343,11 +331,12 @@ def build_demo(model, streaming: bool | None = None):
 
         outputs = [status, *players] + ([live] if live is not None else [])
         gen = gen_btn.click(on_generate, [seconds, samples, temperature, top_p, seed, prompt],
-                            outputs, api_name="generate")
+                            outputs, api_name="generate", concurrency_id="model")
         stop_btn.click(None, cancels=[gen])
         samples.change(lambda n: [gr.update(visible=i < n) for i in range(MAX_SAMPLES)],
                        samples, players, api_visibility="private")
-        score_btn.click(on_score, [score_in], [bps, summary, plot], api_name="score")
+        score_btn.click(on_score, [score_in], [bps, summary, plot], api_name="score",
+                        concurrency_id="model")
     demo.queue(default_concurrency_limit=1)  # one job at a time: they all want the CPU
     return demo
 

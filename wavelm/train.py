@@ -6,7 +6,7 @@ best/last checkpoints and exact resume; one process or many under `torchrun` (DD
     res["best_val_bits"], res["best"]
 
     wavelm train --data data/piano --model small --steps 2000 --out runs/piano
-    torchrun --standalone --nproc-per-node=4 -m wavelm.cli train --data CACHE --out RUN ...
+    torchrun --standalone --nproc-per-node=4 -m wavelm train --data CACHE --out RUN ...
 
 The run directory:
 
@@ -180,8 +180,8 @@ class CropSampler:
         self.segs = [s for s in segments if len(s) >= seq_len]
         if not self.segs:
             longest = max((len(s) for s in segments), default=0)
-            raise ValueError(f"no train file has seq_len={seq_len} samples (longest: {longest}); "
-                             "lower --seq-len")
+            raise ValueError(f"no train file (or YouTubeMix chunk) has seq_len={seq_len} samples "
+                             f"(longest: {longest}); lower --seq-len")
         self.skipped = len(segments) - len(self.segs)
         self.cum = np.cumsum([len(s) - seq_len + 1 for s in self.segs])  # crop starts per segment
 
@@ -281,17 +281,13 @@ class Dist:
             except Exception as e:  # re-raised below, after telling the other ranks
                 err = e
         if self.world > 1 and self.all_sum([err is not None], "cpu" if self._gloo() else "cuda")[0]:
-            raise err if err is not None else RuntimeError("rank 0 failed to prepare the run")
+            raise err if err is not None else ValueError("rank 0 could not set up the run (see its error)")
         if err is not None:
             raise err
         return fn() if self.rank else result
 
     def _gloo(self):
         return self.world == 1 or torch.distributed.get_backend() == "gloo"
-
-    def barrier(self):
-        if self.world > 1:
-            torch.distributed.barrier()
 
     def close(self):
         if self.owned:
@@ -387,7 +383,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool):
             raise ValueError(f"{out}: nothing to resume (no last/ checkpoint); drop --resume to start")
         return out / "last"
     present = sorted(p.name for p in out.iterdir() if p.name != "cache") if out.is_dir() else []
-    if present and not overwrite:
+    started = set(present) - {"run.json", "metrics.jsonl", "tb"}  # a run with no checkpoint is no loss
+    if started and not overwrite:
         what = "a wavelm run" if set(present) & set(RUN_FILES) else "not empty"
         raise ValueError(f"{out}: exists ({what}); pass --resume to continue it or --overwrite "
                          "to start again")
@@ -398,14 +395,20 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool):
     return None
 
 
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class Metrics:
     """JSONL log (and TensorBoard scalars) on rank 0."""
 
     def __init__(self, out: Path, start_step: int, tensorboard: bool):
         self.path = out / "metrics.jsonl"
-        if self.path.exists():  # drop records of steps after the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+        if self.path.exists():  # drop records after the checkpoint we resume from (and a torn line)
+            keep = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= start_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         self.f = open(self.path, "a")
         self.tb = None
@@ -554,16 +557,16 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         log.info("model sample_rate %d -> %d (the data's)", model_cfg.sample_rate, cache.sample_rate)
         model_cfg = dataclasses.replace(model_cfg, sample_rate=cache.sample_rate)
 
-    train_segs = _segments(cache, "train")
-    val_split = "val" if cache.meta["splits"].get("val") else "train"
-    if val_split == "train":
+    train_segs, val_segs, val_split = _segments(cache, "train"), _segments(cache, "val"), "val"
+    if not val_segs:
         log.warning("%s: no val split; validating on fixed train crops (optimistic numbers)", cache.path)
+        val_segs, val_split = train_segs, "train"
     sampler = CropSampler(train_segs, cfg.seq_len, cfg.seed, dist.rank)
     if sampler.skipped and rank0:
         log.warning("%d of %d train segments are shorter than seq_len=%d and are skipped",
                     sampler.skipped, len(train_segs), cfg.seq_len)
     val_len = cfg.val_seq_len or cfg.seq_len
-    pieces = val_crops(_segments(cache, val_split), val_len, cfg.val_crops)
+    pieces = val_crops(val_segs, val_len, cfg.val_crops)
 
     # model, optimizer, state
     torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -599,7 +602,9 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
 
         model = ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    data_info = {"path": data_cfg.path or str(cache.path), "cache": str(cache.path), "codec": cache.codec,
+    data_cfg = dataclasses.replace(  # absolute, so that --resume works from anywhere
+        data_cfg, path=str(Path(data_cfg.path).expanduser().resolve()) if data_cfg.path else str(cache.path))
+    data_info = {"path": data_cfg.path, "cache": str(cache.path), "codec": cache.codec,
                  "format": data_cfg.format, "hours": cache.meta["hours"], "val_split": val_split}
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.accum * dist.world
     metrics = None

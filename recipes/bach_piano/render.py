@@ -233,15 +233,23 @@ def main(argv=None) -> int:
     split = assign_splits([n for n, _ in scores], args.val_ratio, args.test_ratio, args.seed)
     dest = {n: out / split[n] / f"{n}.wav" for n, _ in scores}
 
-    # tidy up after earlier runs: temp files of killed runs, and renders that a different
-    # seed/ratio/limit put in another split
+    # OUT/{train,val,test} hold exactly this run's files: drop temp files of killed runs, and
+    # renders that another seed/ratio/limit put elsewhere (readers take whole folders)
+    stale = 0
     for s in SPLITS:
-        for p in (out / s).glob(".*.tmp*") if (out / s).is_dir() else ():
-            p.unlink()
-    for n, _ in scores:
-        for s in SPLITS:
-            if s != split[n]:
-                (out / s / f"{n}.wav").unlink(missing_ok=True)
+        for p in (out / s).iterdir() if (out / s).is_dir() else ():
+            if p.name.startswith(".") and ".tmp" in p.name:
+                p.unlink()
+            elif p.suffix == ".wav" and dest.get(p.stem) != p:
+                if p.stem in dest and not dest[p.stem].exists():  # same score, other split
+                    dest[p.stem].parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p, dest[p.stem])
+                else:
+                    p.unlink()
+                    stale += 1
+    if stale:
+        print(f"render.py: removed {stale} WAVs of an earlier run that this run does not hold",
+              file=sys.stderr)
 
     # every WAV under OUT was rendered with the settings in OUT/render_settings.json: when
     # they change (or --force), the old renders go first, then the new settings are written

@@ -41,11 +41,13 @@ def run(args) -> int:
         log.warning("binding %s: the demo is reachable from other machines", args.host)
     if not demo_app.streaming_available():
         log.info("ffmpeg not found: audio plays when generation ends, not while it runs")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     demo = demo_app.build_demo(model)
     try:
         demo_app.launch(demo, host=args.host, port=args.port)
     except OSError as e:
-        raise UserError(f"cannot serve on {args.host}:{args.port} ({e})") from None
+        why = "the port is in use: pick another with --port" if "empty port" in str(e) else str(e)
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {why}") from None
     except KeyboardInterrupt:
         pass
     finally:

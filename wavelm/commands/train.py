@@ -16,8 +16,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 from wavelm.cli import UserError
 

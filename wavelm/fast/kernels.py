@@ -37,77 +37,161 @@ NCOLS = 12
 
 @njit(**JIT)
 def _embed(P, M, tok, dst, w, C):
+    # array views (not flat index arithmetic) let LLVM vectorise: numba checks negative
+    # indices on computed scalars, which blocks SIMD
+    E = P[w:w + 256 * C].reshape(256, C)
     for b in range(tok.shape[0]):
-        e, d = w + tok[b] * C, dst + b * C
-        for c in range(C):
-            M[d + c] = P[e + c]
+        M[dst + b * C:dst + (b + 1) * C] = E[tok[b]]
 
 
 @njit(**JIT)
 def _layernorm(P, M, C64, B, src, dst, C, g, bb, eps_idx):
+    X = M[src:src + B * C].reshape(B, C)
+    Y = M[dst:dst + B * C].reshape(B, C)
+    gw, bw = P[g:g + C], P[bb:bb + C]
     eps = C64[eps_idx]
+    zero, n = M.dtype.type(0), M.dtype.type(C)
     for b in range(B):
-        s, d = src + b * C, dst + b * C
-        mean = M[s] * 0
+        x, y = X[b], Y[b]
+        mean = zero
         for c in range(C):
-            mean += M[s + c]
-        mean /= C
-        var = M[s] * 0
+            mean += x[c]
+        mean = mean / n
+        var = zero
         for c in range(C):
-            t = M[s + c] - mean
+            t = x[c] - mean
             var += t * t
-        var /= C
-        r = 1.0 / math.sqrt(var + eps)
+        r = M.dtype.type(1.0 / math.sqrt(var / n + eps))
         for c in range(C):
-            M[d + c] = (M[s + c] - mean) * r * P[g + c] + P[bb + c]
+            y[c] = (x[c] - mean) * r * gw[c] + bw[c]
+
+
+@njit(**JIT)
+def _matvec_rows(W, x, y, bias, has_bias):
+    """y = W x (+ bias), four rows at a time so each load of x feeds four FMAs."""
+    n_out, n_in = W.shape
+    zero = x.dtype.type(0)          # typed zero: `x[0] * 0` would be float64 in numba
+    o = 0
+    while o + 4 <= n_out:
+        a0 = zero
+        a1, a2, a3 = a0, a0, a0
+        w0, w1, w2, w3 = W[o], W[o + 1], W[o + 2], W[o + 3]
+        for i in range(n_in):
+            xi = x[i]
+            a0 += w0[i] * xi
+            a1 += w1[i] * xi
+            a2 += w2[i] * xi
+            a3 += w3[i] * xi
+        y[o], y[o + 1], y[o + 2], y[o + 3] = a0, a1, a2, a3
+        o += 4
+    for r in range(o, n_out):
+        acc = zero
+        wr = W[r]
+        for i in range(n_in):
+            acc += wr[i] * x[i]
+        y[r] = acc
+    if has_bias:
+        for r in range(n_out):
+            y[r] += bias[r]
 
 
 @njit(**JIT)
 def _linear(P, M, B, src, dst, n_in, n_out, w, bias):
-    # dot-product form: each weight row is read once and reused across the batch
-    for o in range(n_out):
-        wo = w + o * n_in
+    W = P[w:w + n_in * n_out].reshape(n_out, n_in)
+    X = M[src:src + B * n_in].reshape(B, n_in)
+    Y = M[dst:dst + B * n_out].reshape(B, n_out)
+    bv = P[max(bias, 0):max(bias, 0) + n_out]
+    if B == 1:
+        _matvec_rows(W, X[0], Y[0], bv, bias >= 0)
+        return
+    # batched: blocks of 8 rows stay in L1 while every stream reads them
+    for o0 in range(0, n_out, 8):
+        o1 = min(o0 + 8, n_out)
+        Wb = W[o0:o1]
         for b in range(B):
-            s = src + b * n_in
-            acc = P[wo] * 0
-            for i in range(n_in):
-                acc += P[wo + i] * M[s + i]
-            if bias >= 0:
-                acc += P[bias + o]
-            M[dst + b * n_out + o] = acc
+            _matvec_rows(Wb, X[b], Y[b, o0:o1], bv[o0:o1], bias >= 0)
 
 
 @njit(**JIT)
-def _silu(M, x, n):
-    for i in range(x, x + n):
-        v = M[i]
-        M[i] = v / (1.0 + math.exp(-v))
+def _vexp(x, ex):
+    """x = exp(x) in place, SIMD-friendly (numba's math.exp is a scalar libm call): range
+    reduction x = k ln2 + r, a degree-13 Taylor polynomial (exact to the last bit of float64
+    for |r| <= ln2 / 2), and 2^k built from its exponent bits in the aliased int/float scratch.
+    ex = (CF, EI, EF): CF = [lo, hi, log2(e), ln2_hi, ln2_lo, 1/13!, ..., 1/1!, 1] in the
+    model dtype, then 0.5; EI (int32 or int64) and EF (float view of EI), each >= len(x)."""
+    cf, ei, ef = ex
+    lo, hi, log2e, ln2hi, ln2lo = cf[0], cf[1], cf[2], cf[3], cf[4]
+    shift = 23 if ei.itemsize == 4 else 52
+    bias = 127 if ei.itemsize == 4 else 1023
+    half = cf[19]
+    for i in range(x.shape[0]):
+        v = min(max(x[i], lo), hi)
+        k = np.floor(v * log2e + half)
+        r = v - k * ln2hi - k * ln2lo
+        p = cf[5]
+        for j in range(6, 19):
+            p = p * r + cf[j]
+        x[i] = p
+        ei[i] = (int(k) + bias) << shift
+    for i in range(x.shape[0]):
+        x[i] *= ef[i]
+
+
+def exp_workspace(dtype, n):
+    """The `ex` tuple of _vexp for arrays of up to n elements."""
+    import math as m
+
+    dtype = np.dtype(dtype)
+    lim = 87.0 if dtype == np.float32 else 708.0
+    ln2hi = 0.693359375                               # 9 significant bits: k * ln2hi is exact
+    cf = [-lim, lim, 1 / m.log(2), ln2hi, m.log(2) - ln2hi] + [1 / m.factorial(j) for j in range(13, -1, -1)] + [0.5]
+    ei = np.zeros(max(n, 1), np.int32 if dtype == np.float32 else np.int64)
+    return np.array(cf, dtype), ei, ei.view(dtype)
+
+
+@njit(**JIT)
+def _silu(M, x, n, ex):
+    v = M[x:x + n]
+    t = ex[2][n:2 * n]                                # scratch after _vexp's own
+    for i in range(n):
+        t[i] = -v[i]
+    _vexp(t, ex)
+    one = v.dtype.type(1)
+    for i in range(n):
+        v[i] = v[i] / (one + t[i])
 
 
 @njit(**JIT)
 def _relu(M, x, n):
-    for i in range(x, x + n):
-        if M[i] < 0:
-            M[i] = 0
+    v = M[x:x + n]
+    for i in range(n):
+        if v[i] < 0:
+            v[i] = 0
 
 
 @njit(**JIT)
-def _gate(M, a, g, n, kind):
+def _gate(M, a, g, n, kind, ex):
+    av, gv = M[a:a + n], M[g:g + n]
+    t = ex[2][n:2 * n]
     for i in range(n):
-        v = M[g + i]
-        s = 1.0 / (1.0 + math.exp(-v))
-        M[a + i] *= s if kind == 0 else v * s
+        t[i] = -gv[i]
+    _vexp(t, ex)
+    one = av.dtype.type(1)
+    for i in range(n):
+        s = one / (one + t[i])
+        av[i] *= s if kind == 0 else gv[i] * s
 
 
 @njit(**JIT)
 def _axpy(M, C64, dst, src, n, alpha_idx):
-    alpha = C64[alpha_idx]
+    d, s = M[dst:dst + n], M[src:src + n]
+    alpha = M.dtype.type(C64[alpha_idx])
     if alpha == 1.0:
         for i in range(n):
-            M[dst + i] += M[src + i]
+            d[i] += s[i]
     else:
         for i in range(n):
-            M[dst + i] += alpha * M[src + i]
+            d[i] += alpha * s[i]
 
 
 @njit(**JIT)
@@ -116,120 +200,122 @@ def _dwconv(P, M, I, B, src, dst, C, K, dil, w, bias, ring, head):
     inputs, oldest at slot I[head]. Weights are stored (K, C)."""
     L = (K - 1) * dil
     h = I[head]
-    last = w + (K - 1) * C
+    Wk = P[w:w + K * C].reshape(K, C)
+    bv = P[bias:bias + C]
+    X = M[src:src + B * C].reshape(B, C)
+    Y = M[dst:dst + B * C].reshape(B, C)
+    R = M[ring:ring + B * L * C].reshape(B, L, C)
     for b in range(B):
-        s, d, rb = src + b * C, dst + b * C, ring + b * L * C
+        x, y = X[b], Y[b]
+        wl = Wk[K - 1]
         for c in range(C):
-            M[d + c] = P[bias + c] + P[last + c] * M[s + c]
+            y[c] = bv[c] + wl[c] * x[c]
         for k in range(K - 1):
-            r = rb + ((h + k * dil) % L) * C
-            wk = w + k * C
+            r, wk = R[b, (h + k * dil) % L], Wk[k]
             for c in range(C):
-                M[d + c] += P[wk + c] * M[r + c]
-        r = rb + h * C
-        for c in range(C):
-            M[r + c] = M[s + c]
+                y[c] += wk[c] * r[c]
+        if L > 0:
+            R[b, h] = x
     if L > 0:
         I[head] = (h + 1) % L
 
 
 @njit(**JIT)
 def _conv(P, M, I, B, src, dst, Cin, Cout, K, w, bias, ring, head):
-    """Full causal conv, dilation 1; weights stored (Cout, K, Cin), ring (B, L, Cin)."""
+    """Full causal conv, dilation 1; weights stored (K, Cout, Cin), ring (B, L, Cin)."""
     L = K - 1
     h = I[head]
-    for o in range(Cout):
-        for b in range(B):
-            s, rb = src + b * Cin, ring + b * L * Cin
-            acc = P[bias + o]
-            for k in range(K):
-                wk = w + (o * K + k) * Cin
-                x = s if k == K - 1 else rb + ((h + k) % L) * Cin
-                for i in range(Cin):
-                    acc += P[wk + i] * M[x + i]
-            M[dst + b * Cout + o] = acc
+    X = M[src:src + B * Cin].reshape(B, Cin)
+    Y = M[dst:dst + B * Cout].reshape(B, Cout)
+    bv = P[bias:bias + Cout]
+    tmp = np.empty(Cout, M.dtype)
+    for b in range(B):
+        y = Y[b]
+        y[:] = bv
+        for k in range(K):
+            Wk = P[w + k * Cout * Cin:w + (k + 1) * Cout * Cin].reshape(Cout, Cin)
+            x = X[b] if k == K - 1 else M[ring + (b * L + (h + k) % L) * Cin:ring + (b * L + (h + k) % L + 1) * Cin]
+            _matvec_rows(Wk, x, tmp, bv, False)
+            for o in range(Cout):
+                y[o] += tmp[o]
     if L > 0:
         for b in range(B):
-            s, r = src + b * Cin, ring + (b * L + h) * Cin
-            for i in range(Cin):
-                M[r + i] = M[s + i]
+            M[ring + (b * L + h) * Cin:ring + (b * L + h + 1) * Cin] = X[b]
         I[head] = (h + 1) % L
 
 
 @njit(**JIT)
-def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores):
-    """One query per stream against the KV ring (B, H, W, D) (keys rotated, slot = position % W).
+def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores, ex):
+    """One query per stream against the KV ring, stored transposed (B, H, D, W) so that the
+    scores and the weighted sum of values vectorise over the window. Slot = position % W.
+    A stream starts at position 0, so the visible keys are slots [0, min(pos + 1, W)).
     Rotary angles as in layers.rope: angle in float64, cos/sin in the model dtype."""
     C = H * D
     q_pos = I[off]
     slot = q_pos % W
     I[pos + slot] = q_pos
     I[off] = q_pos + 1
+    n = min(q_pos + 1, W)
     half = D // 2
-    cs = scores + W                                   # cos (half), then sin (half)
+    s = M[scores:scores + n]
+    cs = M[scores + W:scores + W + half]
+    sn = M[scores + W + half:scores + W + D]
     for i in range(half):
-        M[cs + i] = q_pos * C64[inv + i]              # cast to the model dtype first
-        a = M[cs + i]
-        M[cs + i] = math.cos(a)
-        M[cs + half + i] = math.sin(a)
-    scale = 1.0 / math.sqrt(D)
-    v_base = kv + B * H * W * D
+        cs[i] = q_pos * C64[inv + i]                  # cast to the model dtype first
+        a = cs[i]
+        cs[i] = math.cos(a)
+        sn[i] = math.sin(a)
+    scale = M.dtype.type(1.0 / math.sqrt(D))
+    zero = M.dtype.type(0)
+    QKV = M[src:src + B * 3 * C].reshape(B, 3, H, D)
+    KV = M[kv:kv + 2 * B * H * D * W].reshape(2, B, H, D, W)
+    Y = M[dst:dst + B * C].reshape(B, H, D)
     for b in range(B):
         for h in range(H):
-            q = src + b * 3 * C + h * D
-            k = q + C
-            v = q + 2 * C
+            q, k, v = QKV[b, 0, h], QKV[b, 1, h], QKV[b, 2, h]
             for x in (q, k):                          # rotate pairs (2i, 2i + 1)
                 for i in range(half):
-                    x1, x2 = M[x + 2 * i], M[x + 2 * i + 1]
-                    c, s = M[cs + i], M[cs + half + i]
-                    M[x + 2 * i] = x1 * c - x2 * s
-                    M[x + 2 * i + 1] = x1 * s + x2 * c
-            kr = kv + (b * H + h) * W * D
-            vr = v_base + (b * H + h) * W * D
+                    x1, x2 = x[2 * i], x[2 * i + 1]
+                    x[2 * i] = x1 * cs[i] - x2 * sn[i]
+                    x[2 * i + 1] = x1 * sn[i] + x2 * cs[i]
+            Kt, Vt = KV[0, b, h], KV[1, b, h]         # (D, W)
             for i in range(D):
-                M[kr + slot * D + i] = M[k + i]
-                M[vr + slot * D + i] = M[v + i]
-            mx = -np.inf
-            for j in range(W):
-                p = I[pos + j]
-                if p < 0 or p > q_pos or q_pos - p >= W:
-                    M[scores + j] = -np.inf
-                    continue
-                acc = M[q] * 0
-                kj = kr + j * D
-                for i in range(D):
-                    acc += M[q + i] * M[kj + i]
-                acc *= scale
-                M[scores + j] = acc
-                if acc > mx:
-                    mx = acc
-            tot = M[q] * 0
-            for j in range(W):
-                e = math.exp(M[scores + j] - mx)
-                M[scores + j] = e
-                tot += e
-            y = dst + b * C + h * D
+                Kt[i, slot] = k[i]
+                Vt[i, slot] = v[i]
+            s[:] = 0
             for i in range(D):
-                M[y + i] = 0
-            for j in range(W):
-                pj = M[scores + j] / tot
-                if pj == 0:
-                    continue
-                vj = vr + j * D
-                for i in range(D):
-                    M[y + i] += pj * M[vj + i]
+                qi = q[i] * scale
+                kr = Kt[i]
+                for j in range(n):
+                    s[j] += qi * kr[j]
+            mx = s[0]
+            for j in range(n):
+                mx = max(mx, s[j])
+            for j in range(n):
+                s[j] -= mx
+            _vexp(s, ex)
+            tot = zero
+            for j in range(n):
+                tot += s[j]
+            y = Y[b, h]
+            for i in range(D):
+                vr = Vt[i]
+                acc = zero
+                for j in range(n):
+                    acc += s[j] * vr[j]
+                y[i] = acc / tot
 
 
 @njit(**JIT)
 def _pool(M, I, B, src, dst, C, p, buf, held, r_idx):
     r = I[r_idx]
+    X = M[src:src + B * C].reshape(B, C)
+    Y = M[dst:dst + B * C].reshape(B, C)
+    Hd = M[held:held + B * p * C].reshape(B, p, C)
+    Bf = M[buf:buf + B * p * C].reshape(B, p, C)
     for b in range(B):
-        s, d = src + b * C, dst + b * C
-        hb, bb = held + (b * p + r) * C, buf + (b * p + r) * C
-        for c in range(C):
-            M[d + c] = M[hb + c]
-            M[bb + c] = M[s + c]
+        Y[b] = Hd[b, r]
+        Bf[b, r] = X[b]
     r += 1
     if r == p:
         I[r_idx] = 0
@@ -239,7 +325,7 @@ def _pool(M, I, B, src, dst, C, p, buf, held, r_idx):
 
 
 @njit(**JIT)
-def step(prog, P, M, I, C64, tok):
+def step(prog, P, M, I, C64, ex, tok):
     """Run the program once: tokens (B,) in, logits left in M at the program's logits region."""
     B = tok.shape[0]
     pc = 0
@@ -254,17 +340,17 @@ def step(prog, P, M, I, C64, tok):
         elif op == AXPY:
             _axpy(M, C64, a[1], a[2], B * a[3], a[4])
         elif op == SILU:
-            _silu(M, a[1], B * a[2])
+            _silu(M, a[1], B * a[2], ex)
         elif op == RELU:
             _relu(M, a[1], B * a[2])
         elif op == GATE:
-            _gate(M, a[1], a[2], B * a[3], a[4])
+            _gate(M, a[1], a[2], B * a[3], a[4], ex)
         elif op == DWCONV:
             _dwconv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
         elif op == CONV:
             _conv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
         elif op == ATTN:
-            _attn(M, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10])
+            _attn(M, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], ex)
         elif op == POOL:
             if not _pool(M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7]):
                 pc = a[8]
@@ -275,56 +361,66 @@ def step(prog, P, M, I, C64, tok):
 
 
 @njit(**JIT)
-def _mask_top_k(x, k):
-    """Set entries below the k-th largest to -inf (ties at the threshold are kept)."""
-    thr = np.sort(x)[x.shape[0] - k]
-    for i in range(x.shape[0]):
-        if x[i] < thr:
-            x[i] = -np.inf
+def sample(x, temperature, top_k, top_p, u, ex):
+    """Draw one token from logits x (V,) (overwritten) by inverse CDF with u in [0, 1).
+    Rule shared with generate.sample_torch: e = exp(x/T - max); top-k zeroes e below the k-th
+    largest (ties kept); top-p keeps the most likely tokens until their mass reaches top_p (the
+    one crossing it included); token = first index whose normalised float64 cumsum exceeds u."""
+    V = x.shape[0]
+    t = x.dtype.type(temperature)
+    for i in range(V):
+        x[i] = x[i] / t
+    mx = x[0]
+    for i in range(V):
+        mx = max(mx, x[i])
+    for i in range(V):
+        x[i] -= mx
+    _vexp(x, ex)
+    if 0 < top_k < V:
+        thr = np.sort(x)[V - top_k]
+        for i in range(V):
+            if x[i] < thr:
+                x[i] = 0
+    if top_p < 1.0:
+        tot = 0.0
+        for i in range(V):
+            tot += x[i]
+        prob = x / x.dtype.type(tot)
+        sp = np.sort(prob)[::-1]
+        cum, thr = 0.0, sp[0]
+        for j in range(V):
+            if cum >= top_p:
+                break
+            thr = sp[j]
+            cum += sp[j]
+        for i in range(V):
+            if prob[i] < thr:
+                x[i] = 0
+    tot = 0.0
+    for i in range(V):
+        tot += x[i]
+    target = u * tot
+    cum = 0.0
+    for i in range(V):
+        cum += x[i]
+        if cum > target:
+            return i
+    for i in range(V - 1, -1, -1):                   # rounding: the last token with mass
+        if x[i] > 0:
+            return i
+    return V - 1
 
 
 @njit(**JIT)
-def _mask_top_p(x, top_p):
-    """Keep the smallest set of most likely tokens whose probability reaches top_p (the token
-    that crosses it included); rule shared with generate._mask_torch."""
-    mx = np.max(x)
-    prob = np.exp(x - mx)
-    prob /= prob.sum()
-    order = np.argsort(-prob, kind="mergesort")
-    cum = prob[0] * 0
-    thr = prob[order[0]]
-    for j in range(order.shape[0]):
-        pj = prob[order[j]]
-        if cum >= top_p:
-            break
-        thr = pj
-        cum += pj
-    for i in range(x.shape[0]):
-        if prob[i] < thr:
-            x[i] = -np.inf
-
-
-@njit(**JIT)
-def decode(prog, P, M, I, C64, tok, noise, temperature, top_k, top_p, logits, out):
-    """Run out.shape[1] steps: feed tok, sample the next token by exponential race
-    argmax(logits / T + g) with g = -log(Exp(1)) from `noise` (n, B, V), write it to out and tok."""
+def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out):
+    """Run out.shape[1] steps: feed tok, sample the next token with uniform (n, B) in [0, 1),
+    write it to out (B, n) and tok. Logits (B, V) are left in M at `logits`."""
     B = tok.shape[0]
-    V = noise.shape[2]
     x = np.empty(V, M.dtype)
     for t in range(out.shape[1]):
-        step(prog, P, M, I, C64, tok)
+        step(prog, P, M, I, C64, ex, tok)
         for b in range(B):
-            lg = logits + b * V
-            for i in range(V):
-                x[i] = M[lg + i] / temperature
-            if 0 < top_k < V:
-                _mask_top_k(x, top_k)
-            if top_p < 1.0:
-                _mask_top_p(x, top_p)
-            best, arg = -np.inf, 0
-            for i in range(V):
-                s = x[i] + noise[t, b, i]
-                if s > best:
-                    best, arg = s, i
+            x[:] = M[logits + b * V:logits + (b + 1) * V]
+            arg = sample(x, temperature, top_k, top_p, uniform[t, b], ex)
             tok[b] = arg
             out[b, t] = arg

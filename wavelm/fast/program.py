@@ -48,6 +48,7 @@ class Program:
     M: np.ndarray             # scratch + state
     I: np.ndarray             # int64 state
     C64: np.ndarray           # float64 constants (eps, residual scales, rotary frequencies)
+    ex: tuple                 # exp workspace (kernels.exp_workspace)
     logits: int               # offset of the (B, V) logits region in M
     batch_size: int
     vocab: int
@@ -69,7 +70,7 @@ class Program:
 
     def step(self, tok: np.ndarray) -> np.ndarray:
         """One step for tokens (B,): returns a copy of the logits (B, V)."""
-        K.step(self.prog, self.P, self.M, self.I, self.C64, np.ascontiguousarray(tok, np.int64))
+        K.step(self.prog, self.P, self.M, self.I, self.C64, self.ex, np.ascontiguousarray(tok, np.int64))
         return self.M[self.logits:self.logits + self.batch_size * self.vocab].reshape(self.batch_size, -1).copy()
 
     def logits_view(self) -> np.ndarray:
@@ -86,6 +87,7 @@ class _Builder:
         self.state = 0
         self.ints = 0
         self.consts: list[float] = []
+        self.exp_max = 0                   # largest exp scratch needed
         self.loaders: list = []
         self.leaf = {id(t): i for i, t in enumerate(flatten_state(template.stack))}
 
@@ -139,6 +141,14 @@ class _Builder:
             raise Unsupported("LayerNorm without affine parameters")
         self.emit(K.LN, src, dst, C, self.param(norm.weight), self.param(norm.bias), self.const(norm.eps))
 
+    def silu(self, x, n):
+        self.emit(K.SILU, x, n)
+        self.exp_max = max(self.exp_max, 2 * self.B * n)
+
+    def gate(self, a, g, n, kind):
+        self.emit(K.GATE, a, g, n, kind)
+        self.exp_max = max(self.exp_max, 2 * self.B * n)
+
     def linear(self, lin: torch.nn.Linear, src, dst, rows=None):
         w, b = lin.weight, lin.bias
         if rows is not None:
@@ -165,7 +175,7 @@ class _Builder:
         cin, cout, k = conv.in_channels, conv.out_channels, conv.kernel_size[0]
         ring, head = self.mem(self.B * (k - 1) * cin), self.int_state(1)
         bias = conv.bias if conv.bias is not None else torch.zeros(cout)
-        self.emit(K.CONV, src, dst, cin, cout, k, self.param(conv.weight.permute(0, 2, 1)), self.param(bias),
+        self.emit(K.CONV, src, dst, cin, cout, k, self.param(conv.weight.permute(2, 0, 1)), self.param(bias),
                   ring, head)
         self.on_load(state.buf, _load_ring(ring, head, self.B, k - 1, cin))
 
@@ -178,15 +188,16 @@ class _Builder:
             self.dwconv(att.qkv_conv, state.qkv_conv, qkv, conv_out, 3 * C)
             qkv = conv_out
         H, D, W, B = att.h, att.d, att.w, self.B
-        kv = self.mem(2 * B * H * W * D)
+        kv = self.mem(2 * B * H * W * D)                 # K then V, each (B, H, D, W)
+        self.exp_max = max(self.exp_max, W)
         pos, off = self.int_state(W), self.int_state(1)
         inv = att.base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)   # as layers.rope
         scores = self.tmp_shared(W + D)           # W scores, then D/2 cos and D/2 sin
         y = self.tmp(C)
         self.emit(K.ATTN, qkv, y, H, D, W, kv, pos, off, self.const(inv.numpy()), scores)
         self.linear(att.out, y, dst)
-        self.on_load(state.k, _load_copy(kv, B * H * W * D))
-        self.on_load(state.v, _load_copy(kv + B * H * W * D, B * H * W * D))
+        self.on_load(state.k, _load_kv(kv, B * H * W * D))
+        self.on_load(state.v, _load_kv(kv + B * H * W * D, B * H * W * D))
         self.on_load(state.pos, _load_ints(pos, W))
         self.on_load(state.offset, _load_ints(off, 1))
 
@@ -194,7 +205,7 @@ class _Builder:
         h, u, d = self.tmp(C), self.tmp(f.up.out_features), self.tmp(C)
         self.layernorm(f.norm, x, h, C)
         self.linear(f.up, h, u)
-        self.emit(K.SILU, u, f.up.out_features)
+        self.silu(u, f.up.out_features)
         self.linear(f.down, u, d)
         self.emit(K.AXPY, x, d, C, self.const(alpha))
 
@@ -213,10 +224,10 @@ class _Builder:
             self.layernorm(cv.norm, x, h, C)
             self.linear(cv.pw1, h, a, rows=slice(0, C))
             self.linear(cv.pw1, h, g, rows=slice(C, 2 * C))
-            self.emit(K.GATE, a, g, C, 0)
+            self.gate(a, g, C, 0)
             self.dwconv(cv.dw, state["conv"], a, y, C)
             self.layernorm(cv.dw_norm, y, y, C)
-            self.emit(K.SILU, y, C)
+            self.silu(y, C)
             self.linear(cv.pw2, y, o)
             self.emit(K.AXPY, x, o, C, one)
             self.ffn(blk.ffn2, x, C, 0.5)
@@ -244,7 +255,7 @@ class _Builder:
             self.linear(mix.inp, h, a, rows=slice(0, C))
             self.linear(mix.inp, h, g, rows=slice(C, 2 * C))
             self.dwconv(mix.dw, state["conv"], a, y, C)
-            self.emit(K.GATE, y, g, C, 1)
+            self.gate(y, g, C, 1)
             self.linear(mix.out, y, o)
             self.emit(K.AXPY, x, o, C, one)
             self.ffn(blk.ffn, x, C, 1.0)
@@ -295,6 +306,7 @@ def compile_model(model, batch_size: int) -> Program:
         b.stage(model.body, template.stack, x, C0)
         logits = b.tmp(V)
         b.linear(model.head, x, logits)
+        b.exp_max = max(b.exp_max, V)                     # sampling exponentiates the logits
     # place the state after the scratch
     base = b.scratch_max
     prog = np.full((len(b.ops), K.NCOLS), 0, dtype=np.int64)
@@ -305,7 +317,8 @@ def compile_model(model, batch_size: int) -> Program:
     P = np.concatenate(b.params) if b.params else np.zeros(0, dtype)
     M = np.zeros(base + b.state, dtype)
     I = np.zeros(max(b.ints, 1), np.int64)
-    prog_obj = Program(prog, P, M, I, np.array(b.consts, np.float64), logits, batch_size, V,
+    prog_obj = Program(prog, P, M, I, np.array(b.consts, np.float64), K.exp_workspace(dtype, b.exp_max),
+                       logits, batch_size, V,
                        loaders, slice(base, base + b.state))
     prog_obj.load_state(template)
     return prog_obj
@@ -325,6 +338,13 @@ def _load_copy(off, n):
     def load(prog, t, base):
         o = _m(off, base)
         prog.M[o:o + n] = t.reshape(-1).numpy()
+    return load
+
+
+def _load_kv(off, n):
+    def load(prog, t, base):                  # torch (B, H, W, D) -> (B, H, D, W)
+        o = _m(off, base)
+        prog.M[o:o + n] = t.transpose(2, 3).reshape(-1).numpy()
     return load
 
 

@@ -93,7 +93,7 @@ class ModelConfig:
         if bad:
             raise ValueError(f"unknown ModelConfig field(s): {', '.join(bad)}")
         kw = dict(PRESETS[name])
-        if "pool" in overrides or any(k in overrides for k in ("n_layers", "d_model", "attn_window")):
+        if any(k in overrides for k in ("pool", "n_layers", "d_model", "attn_window", "expand")):
             # scalar overrides re-derive the per-stage lists unless those are overridden too
             for k in ("stage_layers", "stage_dims", "stage_windows"):
                 kw.pop(k, None)
@@ -118,13 +118,15 @@ class ModelConfig:
 PRESETS: dict[str, dict] = {
     # tests: tiny and fast, small window so that T > W is cheap
     "tiny": dict(d_model=16, n_layers=2, n_heads=2, attn_window=8, conv_kernel=3, ffn_mult=2.0),
-    # flat models (every layer at the sample rate)
-    "small": dict(d_model=128, n_layers=4, n_heads=4, attn_window=1024),
-    "base": dict(d_model=256, n_layers=6, n_heads=4, attn_window=2048),
-    # multi-rate: a light 16 kHz stage, most work at 4 kHz and 1 kHz; 1 kHz window of 1024 steps
-    # covers 16,384 samples (1.02 s)
-    "small-pooled": dict(d_model=64, n_heads=2, pool=[4, 4], stage_layers=[1, 2, 4],
-                         stage_dims=[64, 128, 256], stage_windows=[256, 512, 1024]),
-    "base-pooled": dict(d_model=128, n_heads=4, pool=[4, 4], stage_layers=[2, 3, 6],
-                        stage_dims=[128, 256, 512], stage_windows=[512, 1024, 2048]),
+    # multi-rate (the defaults): a light 16 kHz stage, most work at 4 kHz and 1 kHz, where a
+    # 1,024-step window covers 16,384 samples (1.02 s). Sized for CPU training and real-time-ish
+    # CPU generation.
+    "small": dict(d_model=48, n_heads=2, ffn_mult=2.0, pool=[4, 4], stage_layers=[1, 2, 3],
+                  stage_dims=[48, 96, 192], stage_windows=[32, 128, 1024]),
+    "base": dict(d_model=64, n_heads=2, ffn_mult=2.0, pool=[4, 4], stage_layers=[2, 2, 4],
+                 stage_dims=[64, 128, 256], stage_windows=[64, 256, 1024]),
+    # flat twins with about the same parameter count (every layer at the sample rate), for the
+    # multi-rate comparison; their 1,024-sample window is 0.064 s of audio
+    "small-flat": dict(d_model=192, n_heads=6, ffn_mult=2.0, n_layers=4, attn_window=1024),
+    "base-flat": dict(d_model=256, n_heads=8, ffn_mult=2.0, n_layers=5, attn_window=1024),
 }

@@ -1,0 +1,103 @@
+"""`wavelm bench train`: training throughput (tokens/s) of model presets on this machine.
+
+    wavelm bench train                                   # every preset but tiny, on CPU
+    wavelm bench train --presets base,base-flat --device cuda --batch-size 16 --seq-len 16384
+
+Each preset runs the trainer's own step (AdamW, grad clipping, bf16 autocast on CUDA) on random
+tokens; tokens/s is batch * seq_len / the median step time after the warm-up steps.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+from wavelm.cli import UserError
+
+
+def add_arguments(p):
+    from wavelm.model.config import PRESETS
+
+    default = ",".join(k for k in PRESETS if k != "tiny")
+    p.add_argument("--presets", default=default, help=f"comma-separated model presets (default {default})")
+    p.add_argument("--arch", help="override every preset's arch")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per preset (default 5)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see NOTES.md)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model first")
+
+
+def machine(device) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    s = f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    if device.type == "cuda":
+        s = f"{torch.cuda.get_device_name(device)}; host {s}"
+    return s
+
+
+def bench_preset(name, args, device) -> dict:
+    import torch
+
+    from wavelm.model.config import ModelConfig
+    from wavelm.model.lm import WaveLM
+    from wavelm.train import TrainConfig, forward_backward, make_optimizer
+
+    cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps + args.warmup_steps)
+    mcfg = ModelConfig.from_name(name, **({"arch": args.arch} if args.arch else {}))
+    torch.manual_seed(0)
+    net = WaveLM(mcfg).to(device)
+    model = torch.compile(net) if args.compile else net
+    opt, sched = make_optimizer(net, cfg, device)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(args.warmup_steps + args.steps):
+        y = torch.randint(0, 256, (cfg.batch_size, cfg.seq_len), generator=g)
+        x = torch.cat([torch.full_like(y[:, :1], 128), y[:, :-1]], dim=1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        loss, _ = forward_backward(model, [(x, y)], cfg, device)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # wait for the step
+        if i >= args.warmup_steps:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"preset": name, "arch": mcfg.arch, "params": net.num_parameters(), "ms": med * 1e3,
+            "tok_s": cfg.batch_size * cfg.seq_len / med}
+
+
+def run(args) -> int:
+    import torch
+
+    if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1 or args.seq_len < 2:
+        raise UserError("--steps, --batch-size must be >= 1 and --seq-len >= 2")
+    name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device available")
+    device = torch.device(name)
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    print(f"wavelm bench train: batch {args.batch_size} x {args.seq_len} samples, median of "
+          f"{args.steps} steps after {args.warmup_steps} warm-up, {device.type}"
+          f"{' bf16 autocast' if device.type == 'cuda' else ' float32'}")
+    print(f"machine: {machine(device)}")
+    print(f"{'preset':<14} {'arch':<14} {'params':>8} {'ms/step':>9} {'tokens/s':>10}")
+    for p in presets:
+        r = bench_preset(p, args, device)
+        print(f"{r['preset']:<14} {r['arch']:<14} {r['params'] / 1e6:>7.2f}M {r['ms']:>9.1f} "
+              f"{r['tok_s']:>10,.0f}", flush=True)
+    return 0

@@ -1,0 +1,63 @@
+"""Fast CPU decode step: the whole model flattened into one numba-compiled program.
+
+Eager PyTorch pays ~20 us per op, so a per-sample step of ~150 ops cannot pass ~300 samples/s
+on CPU. Here `program.compile_model` exports the weights once (fused per-op layouts, conv
+states as rings, the KV cache transposed), and `kernels.decode` runs many samples, sampling
+included, in one native call; pooled inner stages run once every p samples.
+
+    dec = FastDecoder(model, state, tok, sampling, noise)   # after a prefill through model.forward
+    tokens = dec.run(4000)                                  # (B, 4000) int64
+
+Every op is checked against the model's own forward (tests/test_generate.py). numba is
+imported lazily: without it, `available()` says why and generation uses the torch reference.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def available() -> str | None:
+    """None if the fast step can run here, else the reason it cannot."""
+    try:
+        import numba  # noqa: F401
+    except ImportError as e:
+        return f"numba is not installed ({e})"
+    return None
+
+
+class FastDecoder:
+    """Sample-by-sample decoding with the numba program; same interface as the reference
+    generate.TorchDecoder: `run(n)` -> (B, n) int64 tokens, `last_logits` (B, V)."""
+
+    name = "numba"
+
+    def __init__(self, model, state, tok: torch.Tensor, sampling, noise):
+        from .program import compile_model
+
+        self.program = compile_model(model, state.batch_size)
+        self.program.load_state(state)
+        self.tok = tok.detach().cpu().numpy().astype(np.int64).copy()
+        self.sampling, self.noise = sampling, noise
+
+    def run(self, n: int) -> np.ndarray:
+        from . import kernels
+
+        p, s = self.program, self.sampling
+        out = np.empty((p.batch_size, n), np.int64)
+        u = np.ascontiguousarray(self.noise.take(n).cpu().numpy(), dtype=np.float64)
+        kernels.decode(p.prog, p.P, p.M, p.I, p.C64, p.ex, self.tok, u, float(s.temperature),
+                       int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out)
+        return out
+
+    @property
+    def last_logits(self) -> torch.Tensor:
+        """Logits (B, V) of the last step (before temperature and masks)."""
+        return torch.from_numpy(self.program.logits_view().copy())
+
+    def state_nbytes(self) -> int:
+        return self.program.nbytes()
