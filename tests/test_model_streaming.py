@@ -107,7 +107,7 @@ def test_training_attention_uses_band_not_dense_mask(monkeypatch):
     monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
     cfg = ModelConfig.from_name("tiny", arch="transformer", attn_window=16, n_layers=1)
     WaveLM(cfg)(torch.randint(0, 256, (1, 4096)))
-    assert shapes == [(1024, 4, 20)]  # 1024 blocks of S = W/4 queries, each against W + S keys
+    assert shapes == [(1024, 1, 4, 20)]  # 1024 blocks of S = W/4 queries, each against W + S keys
 
 
 def test_config_presets_and_errors():

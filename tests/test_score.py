@@ -104,7 +104,8 @@ def test_rechunk_cuts_exact_pieces():
 
 
 @pytest.mark.parametrize("bad, match", [(np.zeros(0), "empty"), (np.array([0.1, np.nan]), "NaN"),
-                                        (np.zeros((2, 5)), "1-D")])
+                                        (np.zeros((2, 5)), "1-D"),
+                                        (np.zeros(10, np.int16), "float waveform")])
 def test_bad_arrays_raise_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
         score(tiny(), bad)
@@ -319,3 +320,18 @@ def test_bench_score_reports_speed_and_machine(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["samples_per_second"] > 0 and d["real_time_factor"] == pytest.approx(SR / d["samples_per_second"])
     assert "random weights" in d["model"] and d["machine"]["threads"] == 1 and d["machine"]["cpu"]
+
+
+def test_split_score_of_a_folder_cache_scores_whole_files(tmp_path):
+    from wavelm.data.folder import prepare_folder
+
+    for split, k in (("train", 0), ("test", 1), ("test", 2)):
+        (tmp_path / "src" / split).mkdir(parents=True, exist_ok=True)
+        sf.write(str(tmp_path / "src" / split / f"c{k}.wav"), noise(300 + 50 * k, seed=k), SR, subtype="FLOAT")
+    cache = prepare_folder(tmp_path / "src", tmp_path / "cache", workers=1, progress=False)
+    model = tiny(seed=5)
+    s = score_split(model, cache.path, split="test", chunk_seconds=37 / SR)
+    assert [f.path for f in s.files] == ["test/c1.wav", "test/c2.wav"] and s.num_chunks == 2
+    for f, k in zip(s.files, (1, 2)):
+        assert f.total_bits == pytest.approx(score(model, tmp_path / "src" / "test" / f"c{k}.wav").total_bits,
+                                             rel=1e-12)

@@ -34,7 +34,7 @@ class AudioError(ValueError):
 # ulp on a few inputs, and the codes must not depend on the array library.
 
 def _torch_f32(x, who: str) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))  # copy: input may be read-only
     t = t.to(torch.float32)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{who}: input holds NaN or inf values")
@@ -60,7 +60,7 @@ def mulaw_encode(x):
 
 def mulaw_decode(q):
     """int codes 0..255 -> float32 audio in [-1, 1] (torchaudio.functional.mu_law_decoding)."""
-    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.asarray(q))
+    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.array(q))
     return _like(_expand(t.to(torch.float32) / MU * 2 - 1), q)
 
 
@@ -85,7 +85,7 @@ def mulaw_encode_s4(x, bits: int = 8):
 
 def mulaw_decode_s4(q, bits: int = 8):
     """Inverse of `mulaw_encode_s4` (up to the lost min-max gain): code / 2**(bits-1) - 1, expand."""
-    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.asarray(q))
+    t = q if isinstance(q, torch.Tensor) else torch.from_numpy(np.array(q))
     return _like(_expand(t.to(torch.float32) / 2 ** (bits - 1) - 1), q)
 
 

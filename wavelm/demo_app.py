@@ -245,13 +245,13 @@ def build_demo(model, streaming: bool | None = None):
         except InputError as e:
             raise gr.Error(str(e)) from None
         total = int(round(seconds * sr))
-        yield {status: "Starting...", **{p: None for p in players}}
+        yield {status: "Starting... (the first run after installing compiles the fast decoder: "
+                       "up to a minute)", **{p: None for p in players}}
         parts, done, t0 = [], 0, time.perf_counter()
-        chunks = stream(model, seconds, chunk_samples=max(1, int(CHUNK_SECONDS * sr)),
-                        batch_size=samples, temperature=temperature, top_p=top_p, seed=seed,
-                        prompt=x_prompt)
         try:
-            for chunk in chunks:
+            for chunk in stream(model, seconds, chunk_samples=max(1, int(CHUNK_SECONDS * sr)),
+                                batch_size=samples, temperature=temperature, top_p=top_p,
+                                seed=seed, prompt=x_prompt):
                 parts.append(chunk)
                 done += chunk.shape[1]
                 took = time.perf_counter() - t0

@@ -177,8 +177,9 @@ def _as_waveform(audio, sample_rate: int | None, model_rate: int) -> np.ndarray:
         a = a.reshape(-1)
     if a.ndim != 1:
         raise ValueError(f"audio must be a 1-D waveform (N,), got shape {a.shape}")
-    if a.dtype.kind not in "fiu":
-        raise ValueError(f"audio must be a float waveform, got dtype {a.dtype}")
+    if a.dtype.kind != "f":  # int16 PCM would be clipped to +-1 silently: make the caller scale it
+        raise ValueError(f"audio must be a float waveform in [-1, 1], got dtype {a.dtype} "
+                         "(scale integer PCM first, e.g. x / 32768)")
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
         raise ValueError(f"audio holds NaN or inf samples (first at index {int(np.argmin(np.isfinite(a)))})")
@@ -190,13 +191,15 @@ def _as_waveform(audio, sample_rate: int | None, model_rate: int) -> np.ndarray:
 
 
 def score(model, audio, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, sample_rate: int | None = None,
-          progress: bool = False, keep_per_sample: bool = True, threads: int | None = None) -> ScoreResult:
+          progress: bool = False, keep_per_sample: bool = True, threads: int | None = 1) -> ScoreResult:
     """NLL of `audio` under `model`, in bits per sample (see the module docstring).
 
     audio: a float waveform (numpy or torch, (N,)) at `sample_rate` (None: the model's rate;
     resampled with soxr HQ if it differs), or a path to an audio file (decoded at the model's
     rate in bounded memory; `sample_rate` must then be None). `chunk_seconds` bounds memory and
-    does not change the result. `threads`: torch threads while scoring (None: leave as is).
+    does not change the result. `threads`: torch threads while scoring, restored afterwards
+    (default 1: on small CPUs the OpenMP hand-off costs more than it gains, see NOTES.md;
+    None leaves torch's setting).
     Raises ValueError (AudioError for files) naming the input when it holds no samples, NaN
     or inf, or cannot be read.
     """
@@ -272,14 +275,15 @@ def _split_streams(data, split, quantization, sample_rate, chunk):
 
 def score_split(model, data, split: str = "test", quantization: str | None = None,
                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, progress: bool = False,
-                keep_per_sample: bool = False, threads: int | None = None,
+                keep_per_sample: bool = False, threads: int | None = 1,
                 chunk: int | None = None) -> SplitScore:
     """Bits per sample of a split, SaShiMi style: every chunk scored independently from a zero
     state (x[0] = 128), pooled over all positions of all chunks.
 
     data: a YouTubeMix folder (wavelm.data.youtubemix.YouTubeMix with `quantization`, default
     "s4") or a token cache directory (meta.json; a YouTubeMix cache is scored chunk by chunk, a
-    folder cache file by file). Each file's result pools its chunks (`num_chunks` set).
+    folder cache file by file). Each file's result pools its chunks (`num_chunks` set); files
+    without a whole chunk are left out.
     `chunk`: YouTubeMix chunk length in samples (default 131072, the paper's).
     """
     sr = int(model.config.sample_rate)
@@ -298,12 +302,13 @@ def score_split(model, data, split: str = "test", quantization: str | None = Non
                     total, count, k = total + s.total_bits, count + s.n, k + 1
                     if keep_per_sample:
                         parts.extend(s.parts)
-            nll = (np.concatenate(parts) if parts else np.zeros(0, np.float32)) if keep_per_sample else None
+            if k == 0:                                   # shorter than one chunk: dropped, as in s4
+                log.info("%s: no whole chunk, not scored", name)
+                continue
+            nll = np.concatenate(parts) if keep_per_sample else None
             out.files.append(ScoreResult(path=name, bits_per_sample=total / count if count else float("nan"),
                                          nll_bits=nll, num_samples=count, duration_seconds=count / sr,
                                          total_bits=total, sample_rate=sr, num_chunks=k))
-    if not out.files:
-        log.warning("%s: the %s split holds no files", data, split)
     return out
 
 

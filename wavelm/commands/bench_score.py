@@ -28,10 +28,10 @@ def add_arguments(p):
     g.add_argument("--checkpoint", metavar="DIR", default=None, help="model directory (default: the bundled model)")
     g.add_argument("--model", metavar="PRESET", default=None, help="a ModelConfig preset with random weights")
     p.add_argument("--arch", default=None, help="with --model: the architecture (default: the preset's)")
-    p.add_argument("--seconds", type=float, default=10.0, help="audio per run (default 10)")
-    p.add_argument("--chunk-seconds", type=float, default=2.0, help="audio per forward pass (default 2)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs; the median is reported (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seconds", type=float, metavar="S", default=10.0, help="audio per run (default 10)")
+    p.add_argument("--chunk-seconds", type=float, metavar="C", default=2.0, help="audio per forward pass (default 2)")
+    p.add_argument("--repeat", type=int, metavar="N", default=3, help="timed runs; the median is reported (default 3)")
+    p.add_argument("--threads", type=int, metavar="N", default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -112,5 +112,5 @@ def run(args) -> int:
     print(f"{n / sr:.1f} s of audio x {args.repeat} runs, chunks of {args.chunk_seconds:g} s "
           "(median; shared machines are noisy)")
     print(f"  samples/s         {med:>10,.0f}   (min {rates[0]:,.0f}, max {rates[-1]:,.0f})")
-    print(f"  real-time factor  {sr / med:>10.4f}   ({med / sr:,.1f}x faster than real time)")
+    print(f"  real-time factor  {sr / med:>10.4f}   (scoring time / audio time; {med / sr:,.2f}x real time)")
     return 0

@@ -35,16 +35,16 @@ def add_arguments(p):
                    help="save the per-sample NLL in bits: OUT.npy (one per file) or OUT.csv (one for all)")
     p.add_argument("--plot", metavar="OUT.png", default=None,
                    help="save a figure: waveform, smoothed NLL and spectrogram (one per file)")
-    p.add_argument("--chunk-seconds", type=float, default=2.0,
+    p.add_argument("--chunk-seconds", type=float, default=2.0, metavar="C",
                    help="audio scored per forward pass; bounds memory, does not change the result (default 2)")
     p.add_argument("--split", choices=SPLITS, default=None,
                    help="score a split of the YouTubeMix folder or token cache given as FILE, every "
                         "chunk on its own from a zero state (the SaShiMi metric)")
     p.add_argument("--quantization", choices=("s4", "mulaw"), default=None,
                    help="with --split on a YouTubeMix folder: s4 (default, the paper's) or mulaw")
-    p.add_argument("--chunk", type=int, default=None,
+    p.add_argument("--chunk", type=int, default=None, metavar="N",
                    help="with --split on a YouTubeMix folder: chunk length in samples (default 131072)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: 1 on CPU)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -102,7 +102,8 @@ def _run_split(args, model, checkpoint, keep, threads, progress) -> int:
                     chunk_seconds=args.chunk_seconds, progress=progress, keep_per_sample=keep,
                     threads=threads, chunk=args.chunk)
     if not s.files:
-        raise UserError(f"{args.files[0]}: the {args.split} split holds no files")
+        size = f" of {args.chunk} samples" if args.chunk else ""
+        raise UserError(f"{args.files[0]}: no file of the {args.split} split holds a whole chunk{size}")
     _save_outputs(args, s.files, model.config.sample_rate)
     extra = {"split": s.split, "data": s.data, "codec": s.codec, "num_chunks": s.num_chunks}
     _report(args, s.files, [], checkpoint, extra)

@@ -30,6 +30,10 @@ def available() -> str | None:
     return None
 
 
+_NO_FORCE = np.zeros((0, 0), np.int64)
+_NO_LOGITS = {np.dtype(d): np.zeros((0, 0, 0), d) for d in (np.float32, np.float64)}
+
+
 class FastDecoder:
     """Sample-by-sample decoding with the numba program; same interface as the reference
     generate.TorchDecoder: `run(n)` -> (B, n) int64 tokens, `last_logits` (B, V)."""
@@ -51,7 +55,7 @@ class FastDecoder:
         out = np.empty((p.batch_size, n), np.int64)
         u = np.ascontiguousarray(self.noise.take(n).cpu().numpy(), dtype=np.float64)
         kernels.decode(p.prog, p.P, p.M, p.I, p.C64, p.ex, self.tok, u, float(s.temperature),
-                       int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out)
+                       int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out, _NO_FORCE, _NO_LOGITS[p.M.dtype])
         return out
 
     @property

@@ -17,7 +17,8 @@ from numba import njit
 
 # fast-math without `ninf`/`nnan`: masked logits and empty attention slots use -inf
 FM = {"reassoc", "contract", "nsz", "arcp"}
-JIT = dict(fastmath=FM, cache=True, nogil=True)
+# error_model="numpy": no zero-division checks (they bloat the code and block SIMD)
+JIT = dict(fastmath=FM, cache=True, nogil=True, error_model="numpy")
 
 # opcodes (operand layout in the comment; offsets index P, M or I as named)
 EMBED = 0     # dst, w, C                      dst[b] = w[tok[b]]
@@ -41,7 +42,7 @@ def _embed(P, M, tok, dst, w, C):
     # indices on computed scalars, which blocks SIMD
     E = P[w:w + 256 * C].reshape(256, C)
     for b in range(tok.shape[0]):
-        M[dst + b * C:dst + (b + 1) * C] = E[tok[b]]
+        _copy(M[dst + b * C:dst + (b + 1) * C], E[tok[b]])
 
 
 @njit(**JIT)
@@ -96,20 +97,70 @@ def _matvec_rows(W, x, y, bias, has_bias):
 
 
 @njit(**JIT)
+def _matmat44(W, X, Y, B4):
+    """Y[:B4] = X[:B4] W^T for B4 a multiple of 4: tiles of 4 weight rows x 4 streams (16
+    accumulators), so each load feeds four FMAs and a weight tile is read once per 4 streams."""
+    n_out, n_in = W.shape
+    zero = X.dtype.type(0)
+    o4 = n_out - n_out % 4
+    for o in range(0, o4, 4):
+        w0, w1, w2, w3 = W[o], W[o + 1], W[o + 2], W[o + 3]
+        for b in range(0, B4, 4):
+            x0, x1, x2, x3 = X[b], X[b + 1], X[b + 2], X[b + 3]
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
+            for i in range(n_in):
+                p, q, r, t = w0[i], w1[i], w2[i], w3[i]
+                u = x0[i]
+                a00 += p * u
+                a01 += q * u
+                a02 += r * u
+                a03 += t * u
+                u = x1[i]
+                a10 += p * u
+                a11 += q * u
+                a12 += r * u
+                a13 += t * u
+                u = x2[i]
+                a20 += p * u
+                a21 += q * u
+                a22 += r * u
+                a23 += t * u
+                u = x3[i]
+                a30 += p * u
+                a31 += q * u
+                a32 += r * u
+                a33 += t * u
+            Y[b, o], Y[b, o + 1], Y[b, o + 2], Y[b, o + 3] = a00, a01, a02, a03
+            Y[b + 1, o], Y[b + 1, o + 1], Y[b + 1, o + 2], Y[b + 1, o + 3] = a10, a11, a12, a13
+            Y[b + 2, o], Y[b + 2, o + 1], Y[b + 2, o + 2], Y[b + 2, o + 3] = a20, a21, a22, a23
+            Y[b + 3, o], Y[b + 3, o + 1], Y[b + 3, o + 2], Y[b + 3, o + 3] = a30, a31, a32, a33
+    for o in range(o4, n_out):
+        wr = W[o]
+        for b in range(B4):
+            acc = zero
+            xb = X[b]
+            for i in range(n_in):
+                acc += wr[i] * xb[i]
+            Y[b, o] = acc
+
+
+@njit(**JIT)
 def _linear(P, M, B, src, dst, n_in, n_out, w, bias):
     W = P[w:w + n_in * n_out].reshape(n_out, n_in)
     X = M[src:src + B * n_in].reshape(B, n_in)
     Y = M[dst:dst + B * n_out].reshape(B, n_out)
+    B4 = B - B % 4
+    if B4:
+        _matmat44(W, X, Y, B4)
     bv = P[max(bias, 0):max(bias, 0) + n_out]
-    if B == 1:
-        _matvec_rows(W, X[0], Y[0], bv, bias >= 0)
-        return
-    # batched: blocks of 8 rows stay in L1 while every stream reads them
-    for o0 in range(0, n_out, 8):
-        o1 = min(o0 + 8, n_out)
-        Wb = W[o0:o1]
+    for b in range(B4, B):
+        _matvec_rows(W, X[b], Y[b], bv, False)
+    if bias >= 0:
         for b in range(B):
-            _matvec_rows(Wb, X[b], Y[b, o0:o1], bv[o0:o1], bias >= 0)
+            y = Y[b]
+            for o in range(n_out):
+                y[o] += bv[o]
 
 
 @njit(**JIT)
@@ -201,23 +252,32 @@ def _dwconv(P, M, I, B, src, dst, C, K, dil, w, bias, ring, head):
     L = (K - 1) * dil
     h = I[head]
     Wk = P[w:w + K * C].reshape(K, C)
-    bv = P[bias:bias + C]
     X = M[src:src + B * C].reshape(B, C)
     Y = M[dst:dst + B * C].reshape(B, C)
-    R = M[ring:ring + B * L * C].reshape(B, L, C)
+    R = M[ring:ring + B * L * C].reshape(B * L, C)      # row b * L + slot
     for b in range(B):
-        x, y = X[b], Y[b]
-        wl = Wk[K - 1]
-        for c in range(C):
-            y[c] = bv[c] + wl[c] * x[c]
-        for k in range(K - 1):
-            r, wk = R[b, (h + k * dil) % L], Wk[k]
-            for c in range(C):
-                y[c] += wk[c] * r[c]
+        _copy(Y[b], P[bias:bias + C])
+        for k in range(K):
+            x = X[b] if k == K - 1 else R[b * L + (h + k * dil) % L]
+            _fma(Y[b], Wk[k], x)
         if L > 0:
-            R[b, h] = x
+            _copy(R[b * L + h], X[b])
     if L > 0:
         I[head] = (h + 1) % L
+
+
+@njit(**JIT)
+def _copy(dst, src):
+    """dst[:] = src without numpy's broadcasting machinery (its error paths cost JIT time)."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(**JIT)
+def _fma(y, a, x):
+    """y += a * x, elementwise."""
+    for i in range(y.shape[0]):
+        y[i] += a[i] * x[i]
 
 
 @njit(**JIT)
@@ -227,20 +287,19 @@ def _conv(P, M, I, B, src, dst, Cin, Cout, K, w, bias, ring, head):
     h = I[head]
     X = M[src:src + B * Cin].reshape(B, Cin)
     Y = M[dst:dst + B * Cout].reshape(B, Cout)
-    bv = P[bias:bias + Cout]
+    R = M[ring:ring + B * L * Cin].reshape(B * L, Cin)
+    Wk = P[w:w + K * Cout * Cin].reshape(K * Cout, Cin)
     tmp = np.empty(Cout, M.dtype)
     for b in range(B):
-        y = Y[b]
-        y[:] = bv
+        _copy(Y[b], P[bias:bias + Cout])
         for k in range(K):
-            Wk = P[w + k * Cout * Cin:w + (k + 1) * Cout * Cin].reshape(Cout, Cin)
-            x = X[b] if k == K - 1 else M[ring + (b * L + (h + k) % L) * Cin:ring + (b * L + (h + k) % L + 1) * Cin]
-            _matvec_rows(Wk, x, tmp, bv, False)
+            x = X[b] if k == K - 1 else R[b * L + (h + k) % L]
+            _matvec_rows(Wk[k * Cout:(k + 1) * Cout], x, tmp, tmp, False)
             for o in range(Cout):
-                y[o] += tmp[o]
+                Y[b, o] += tmp[o]
+        if L > 0:
+            _copy(R[b * L + h], X[b])
     if L > 0:
-        for b in range(B):
-            M[ring + (b * L + h) * Cin:ring + (b * L + h + 1) * Cin] = X[b]
         I[head] = (h + 1) % L
 
 
@@ -282,7 +341,8 @@ def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores, ex):
             for i in range(D):
                 Kt[i, slot] = k[i]
                 Vt[i, slot] = v[i]
-            s[:] = 0
+            for j in range(n):
+                s[j] = 0
             for i in range(D):
                 qi = q[i] * scale
                 kr = Kt[i]
@@ -314,8 +374,8 @@ def _pool(M, I, B, src, dst, C, p, buf, held, r_idx):
     Hd = M[held:held + B * p * C].reshape(B, p, C)
     Bf = M[buf:buf + B * p * C].reshape(B, p, C)
     for b in range(B):
-        Y[b] = Hd[b, r]
-        Bf[b, r] = X[b]
+        _copy(Y[b], Hd[b, r])
+        _copy(Bf[b, r], X[b])
     r += 1
     if r == p:
         I[r_idx] = 0
@@ -325,47 +385,26 @@ def _pool(M, I, B, src, dst, C, p, buf, held, r_idx):
 
 
 @njit(**JIT)
-def step(prog, P, M, I, C64, ex, tok):
-    """Run the program once: tokens (B,) in, logits left in M at the program's logits region."""
-    B = tok.shape[0]
-    pc = 0
-    n = prog.shape[0]
-    while pc < n:
-        a = prog[pc]
-        op = a[0]
-        if op == LINEAR:
-            _linear(P, M, B, a[1], a[2], a[3], a[4], a[5], a[6])
-        elif op == LN:
-            _layernorm(P, M, C64, B, a[1], a[2], a[3], a[4], a[5], a[6])
-        elif op == AXPY:
-            _axpy(M, C64, a[1], a[2], B * a[3], a[4])
-        elif op == SILU:
-            _silu(M, a[1], B * a[2], ex)
-        elif op == RELU:
-            _relu(M, a[1], B * a[2])
-        elif op == GATE:
-            _gate(M, a[1], a[2], B * a[3], a[4], ex)
-        elif op == DWCONV:
-            _dwconv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
-        elif op == CONV:
-            _conv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
-        elif op == ATTN:
-            _attn(M, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], ex)
-        elif op == POOL:
-            if not _pool(M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7]):
-                pc = a[8]
-                continue
-        elif op == EMBED:
-            _embed(P, M, tok, a[1], a[2], a[3])
-        pc += 1
+def _sort_desc(x):
+    """Shell sort, descending, in place (small code: np.sort costs seconds of JIT time)."""
+    n = x.shape[0]
+    for gap in (132, 57, 23, 10, 4, 1):                  # Ciura's gaps
+        for i in range(gap, n):
+            v = x[i]
+            j = i
+            while j >= gap and x[j - gap] < v:
+                x[j] = x[j - gap]
+                j -= gap
+            x[j] = v
 
 
 @njit(**JIT)
-def sample(x, temperature, top_k, top_p, u, ex):
+def sample(x, temperature, top_k, top_p, u, ex, tmp):
     """Draw one token from logits x (V,) (overwritten) by inverse CDF with u in [0, 1).
     Rule shared with generate.sample_torch: e = exp(x/T - max); top-k zeroes e below the k-th
     largest (ties kept); top-p keeps the most likely tokens until their mass reaches top_p (the
-    one crossing it included); token = first index whose normalised float64 cumsum exceeds u."""
+    one crossing it included); token = first index whose float64 cumsum exceeds u * sum.
+    tmp: scratch (V,)."""
     V = x.shape[0]
     t = x.dtype.type(temperature)
     for i in range(V):
@@ -377,7 +416,9 @@ def sample(x, temperature, top_k, top_p, u, ex):
         x[i] -= mx
     _vexp(x, ex)
     if 0 < top_k < V:
-        thr = np.sort(x)[V - top_k]
+        _copy(tmp, x)
+        _sort_desc(tmp)
+        thr = tmp[top_k - 1]
         for i in range(V):
             if x[i] < thr:
                 x[i] = 0
@@ -385,16 +426,17 @@ def sample(x, temperature, top_k, top_p, u, ex):
         tot = 0.0
         for i in range(V):
             tot += x[i]
-        prob = x / x.dtype.type(tot)
-        sp = np.sort(prob)[::-1]
-        cum, thr = 0.0, sp[0]
+        for i in range(V):
+            tmp[i] = x[i] / x.dtype.type(tot)
+        _sort_desc(tmp)
+        cum, thr = 0.0, tmp[0]
         for j in range(V):
             if cum >= top_p:
                 break
-            thr = sp[j]
-            cum += sp[j]
+            thr = tmp[j]
+            cum += tmp[j]
         for i in range(V):
-            if prob[i] < thr:
+            if x[i] / x.dtype.type(tot) < thr:
                 x[i] = 0
     tot = 0.0
     for i in range(V):
@@ -412,15 +454,52 @@ def sample(x, temperature, top_k, top_p, u, ex):
 
 
 @njit(**JIT)
-def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out):
+def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out,
+           forced, logits_out):
     """Run out.shape[1] steps: feed tok, sample the next token with uniform (n, B) in [0, 1),
-    write it to out (B, n) and tok. Logits (B, V) are left in M at `logits`."""
+    write it to out (B, n) and tok. The last step's logits (B, V) stay in M at `logits`.
+    Tests: with `forced` (B, n) non-empty, its tokens are fed instead of the samples, and
+    `logits_out` (n, B, V), if non-empty, receives every step's logits."""
     B = tok.shape[0]
     x = np.empty(V, M.dtype)
+    tmp = np.empty(V, M.dtype)
+    n_ops = prog.shape[0]
     for t in range(out.shape[1]):
-        step(prog, P, M, I, C64, ex, tok)
+        # one step of the program (inlined here: a separate function would be re-optimised by
+        # LLVM at every level of calls, doubling the JIT time)
+        pc = 0
+        while pc < n_ops:
+            a = prog[pc]
+            op = a[0]
+            if op == LINEAR:
+                _linear(P, M, B, a[1], a[2], a[3], a[4], a[5], a[6])
+            elif op == LN:
+                _layernorm(P, M, C64, B, a[1], a[2], a[3], a[4], a[5], a[6])
+            elif op == AXPY:
+                _axpy(M, C64, a[1], a[2], B * a[3], a[4])
+            elif op == SILU:
+                _silu(M, a[1], B * a[2], ex)
+            elif op == RELU:
+                _relu(M, a[1], B * a[2])
+            elif op == GATE:
+                _gate(M, a[1], a[2], B * a[3], a[4], ex)
+            elif op == DWCONV:
+                _dwconv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
+            elif op == CONV:
+                _conv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
+            elif op == ATTN:
+                _attn(M, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], ex)
+            elif op == POOL:
+                if not _pool(M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7]):
+                    pc = a[8]
+                    continue
+            elif op == EMBED:
+                _embed(P, M, tok, a[1], a[2], a[3])
+            pc += 1
         for b in range(B):
-            x[:] = M[logits + b * V:logits + (b + 1) * V]
-            arg = sample(x, temperature, top_k, top_p, uniform[t, b], ex)
-            tok[b] = arg
-            out[b, t] = arg
+            _copy(x, M[logits + b * V:logits + (b + 1) * V])
+            if logits_out.shape[0]:
+                _copy(logits_out[t, b], x)
+            out[b, t] = sample(x, temperature, top_k, top_p, uniform[t, b], ex, tmp)
+        for b in range(B):
+            tok[b] = forced[b, t] if forced.shape[1] else out[b, t]

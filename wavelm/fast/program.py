@@ -68,10 +68,16 @@ class Program:
     def nbytes(self) -> int:
         return self.M[self.state_slice].nbytes + self.I.nbytes
 
-    def step(self, tok: np.ndarray) -> np.ndarray:
-        """One step for tokens (B,): returns a copy of the logits (B, V)."""
-        K.step(self.prog, self.P, self.M, self.I, self.C64, self.ex, np.ascontiguousarray(tok, np.int64))
-        return self.M[self.logits:self.logits + self.batch_size * self.vocab].reshape(self.batch_size, -1).copy()
+    def teacher_forced(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed tokens (B, T) one step at a time; returns every step's logits (T, B, V)."""
+        tokens = np.ascontiguousarray(tokens, np.int64)
+        B, T = tokens.shape
+        out = np.empty((B, T), np.int64)
+        logits = np.empty((T, B, self.vocab), self.M.dtype)
+        u = np.zeros((T, B))
+        K.decode(self.prog, self.P, self.M, self.I, self.C64, self.ex, tokens[:, 0].copy(), u, 1.0, 0, 1.0,
+                 self.logits, self.vocab, out, np.ascontiguousarray(np.roll(tokens, -1, axis=1)), logits)
+        return logits
 
     def logits_view(self) -> np.ndarray:
         return self.M[self.logits:self.logits + self.batch_size * self.vocab].reshape(self.batch_size, -1)

@@ -1,0 +1,121 @@
+"""`wavelm generate`: generate audio sample by sample and write WAV files.
+
+    wavelm generate --seconds 10 -o piano.wav                      # the bundled model
+    wavelm generate --seconds 5 --num-samples 4 -o take.wav        # take_0.wav ... take_3.wav
+    wavelm generate --seconds 5 --prompt intro.wav --prompt-seconds 2 --temperature 0.9
+    wavelm generate --seconds 5 --checkpoint runs/piano --top-p 0.95 --seed 7
+
+The N streams of --num-samples are generated together as one batch. With a prompt (any file
+libsndfile reads, resampled to the model's rate) the output is the continuation only, unless
+--keep-prompt. On CPU the numba decode step runs (see wavelm/fast); `--backend torch` forces the
+reference step.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from wavelm.cli import UserError
+
+MAX_NUM_SAMPLES = 256
+
+
+def add_arguments(p):
+    from wavelm.generate import BACKENDS, MAX_SECONDS
+
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help=f"audio to generate per stream, 0 < S <= {MAX_SECONDS:g} (default 5)")
+    p.add_argument("--checkpoint", metavar="DIR", default=None, help="model directory (default: the bundled model)")
+    p.add_argument("--prompt", metavar="FILE", default=None, help="audio to continue (resampled to the model's rate)")
+    p.add_argument("--prompt-seconds", type=float, default=None, metavar="P",
+                   help="use the first P seconds of the prompt (default: all of it)")
+    p.add_argument("--keep-prompt", action="store_true", help="write the prompt before the continuation")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="streams generated together; N > 1 writes OUT_0.wav ... (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature > 0 (default 1)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely values")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1 (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", default="generated.wav", metavar="OUT.wav", help="output file (default generated.wav)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="decode step: auto (default), fast (numba, CPU), torch (reference), cuda-graph")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_args(args):
+    """Every check that needs no model, so bad input fails before the model loads."""
+    from wavelm.generate import MAX_SECONDS
+
+    if not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
+        raise UserError(f"--seconds must be > 0 and <= {MAX_SECONDS:g}, got {args.seconds:g}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature must be > 0, got {args.temperature:g}")
+    if not (0 < args.top_p <= 1):
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if not 1 <= args.num_samples <= MAX_NUM_SAMPLES:
+        raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {args.num_samples}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.prompt_seconds is not None:
+        if args.prompt is None:
+            raise UserError("--prompt-seconds needs --prompt")
+        if not (math.isfinite(args.prompt_seconds) and args.prompt_seconds > 0):
+            raise UserError(f"--prompt-seconds must be > 0, got {args.prompt_seconds:g}")
+    if args.keep_prompt and args.prompt is None:
+        raise UserError("--keep-prompt needs --prompt")
+    if Path(args.output).is_dir():
+        raise UserError(f"-o {args.output}: is a directory; give a file name such as out.wav")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+
+
+def output_paths(output: str, n: int) -> list[Path]:
+    p = Path(output)
+    if p.suffix == "":
+        p = p.with_suffix(".wav")
+    return [p] if n == 1 else [p.with_name(f"{p.stem}_{i}{p.suffix}") for i in range(n)]
+
+
+def run(args) -> int:
+    check_args(args)
+    import numpy as np
+
+    from wavelm.audio import load_audio, save_audio
+    from wavelm.checkpoint import load_model
+    from wavelm.generate import stream
+
+    model = load_model(args.checkpoint, map_location=args.device)
+    sr = int(model.config.sample_rate)
+    prompt = None
+    if args.prompt is not None:
+        prompt = load_audio(args.prompt, sr, max_seconds=args.prompt_seconds)
+        if len(prompt) == 0:
+            raise UserError(f"--prompt {args.prompt}: holds no audio")
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    progress = not args.no_progress and sys.stderr.isatty()
+    t0 = time.perf_counter()
+    chunks = stream(model, args.seconds, batch_size=args.num_samples, temperature=args.temperature,
+                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, prompt=prompt, progress=progress,
+                    backend=args.backend, threads=threads)
+    audio = np.concatenate(list(chunks), axis=1)                     # (N, samples)
+    took = time.perf_counter() - t0
+    if args.keep_prompt:
+        audio = np.concatenate([np.broadcast_to(prompt, (audio.shape[0], len(prompt))), audio], axis=1)
+    paths = output_paths(args.output, args.num_samples)
+    for path, x in zip(paths, audio):
+        save_audio(path, x, sr)
+    n = audio.shape[1]
+    gen = round(args.seconds * sr)
+    print(f"wrote {', '.join(map(str, paths))}: {args.num_samples} x {n / sr:.2f} s at {sr} Hz "
+          f"(generated {args.num_samples} x {gen} samples in {took:.1f} s, {gen / took / sr:.2f}x real time)")
+    return 0

@@ -1,0 +1,321 @@
+"""Generate audio sample by sample.
+
+    audio = wavelm.generate(model, seconds=5, batch_size=2, temperature=0.9, seed=0)  # (2, 80000)
+    for chunk in wavelm.stream(model, seconds=30, chunk_samples=4000):                # (1, <=4000)
+        play(chunk)
+
+From silence the first input is token 128 (mu-law zero). With a `prompt` (a float waveform at
+the model's rate, or a path to any audio file, resampled), the prompt runs through the model's
+own forward in chunks with a streaming state (the prefill), then generation continues one
+sample at a time from that state; the returned audio is the continuation only.
+
+Sampling: logits / temperature, optional top-k and top-p (nucleus) masks, then the inverse
+CDF of the distribution at a uniform u ~ U[0, 1) from a seeded torch.Generator, drawn in fixed
+blocks so the audio depends on the seed only, not on chunk sizes or the decoder. No host sync
+per sample on CUDA.
+
+Decoders (all behind the same tests): on CPU the numba program of wavelm.fast (whole model,
+sampling included, in one native call per chunk); on CUDA the reference step captured in a
+CUDA graph (wavelm.fast.cuda); anywhere, the reference: the model's forward with state, one
+sample at a time (`backend="torch"`).
+
+Note: `wavelm.generate` is both this module and the function in it; the module is made
+callable so `wavelm.generate(model, ...)` works either way (as wavelm.score does).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from wavelm.audio import load_audio, mulaw_decode, mulaw_encode
+
+log = logging.getLogger(__name__)
+
+ZERO = 128                 # first input token: mu-law zero
+MAX_SECONDS = 600.0        # per call; memory of the state does not grow, the output does
+NOISE_BLOCK = 4096         # uniforms are drawn in blocks of this many steps (fixed: see top)
+PREFILL_CHUNK = 16384      # prompt samples per forward call
+BACKENDS = ("auto", "fast", "torch", "cuda-graph")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        if k is not None and not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {k!r}")
+        if not (isinstance(p, (int, float)) and 0 < p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+
+
+def sample_torch(logits: torch.Tensor, u: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """Tokens (B,) from logits (B, V) and uniforms u (B,) in [0, 1); the same rule as
+    fast.kernels.sample (its docstring), in torch ops without host sync."""
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32) / s.temperature
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    V = e.shape[-1]
+    if s.top_k is not None and s.top_k < V:
+        kth = e.topk(s.top_k, dim=-1).values[:, -1:]
+        e = e.masked_fill(e < kth, 0)
+    if s.top_p < 1:
+        prob = e / e.to(torch.float64).sum(-1, keepdim=True).to(e.dtype)
+        sp = prob.sort(-1, descending=True).values
+        c = sp.to(torch.float64).cumsum(-1)
+        before = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], -1)   # mass of the more likely
+        thr = sp.masked_fill(before >= s.top_p, float("inf")).amin(-1, keepdim=True)
+        e = e.masked_fill(prob < thr, 0)
+    cdf = e.to(torch.float64).cumsum(-1)
+    tok = torch.searchsorted(cdf, (u.to(torch.float64) * cdf[:, -1])[:, None], right=True)[:, 0]
+    last = (torch.arange(V, device=e.device) * (e > 0)).argmax(-1)       # rounding guard
+    return torch.where(tok < V, tok, last)
+
+
+class Noise:
+    """Uniforms u (steps, B) from a seeded torch.Generator, drawn NOISE_BLOCK steps at a time."""
+
+    def __init__(self, seed: int, batch_size: int, device):
+        self.gen = torch.Generator(device=device).manual_seed(int(seed))
+        self.B, self.device = batch_size, device
+        self.block, self.pos = None, NOISE_BLOCK
+
+    def take(self, n: int) -> torch.Tensor:
+        parts = []
+        while n > 0:
+            if self.pos == NOISE_BLOCK:
+                self.block = torch.rand((NOISE_BLOCK, self.B), generator=self.gen, dtype=torch.float64,
+                                        device=self.device)
+                self.pos = 0
+            k = min(n, NOISE_BLOCK - self.pos)
+            parts.append(self.block[self.pos:self.pos + k])
+            self.pos += k
+            n -= k
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# ----------------------------------------------------------------------------- decoders
+
+class TorchDecoder:
+    """The reference: the model's own forward with state, one sample per call."""
+
+    name = "torch"
+
+    def __init__(self, model, state, tok: torch.Tensor, sampling: Sampling, noise: Noise):
+        self.model, self.state, self.tok = model, state, tok
+        self.sampling, self.noise = sampling, noise
+        self.last_logits = None
+
+    @torch.inference_mode()
+    def steps(self, n: int) -> torch.Tensor:
+        """n steps: tokens (B, n) on the model's device (no host sync)."""
+        u = self.noise.take(n)
+        out = torch.empty((self.tok.shape[0], n), dtype=torch.int64, device=self.tok.device)
+        tok, logits = self.tok, self.last_logits
+        for t in range(n):
+            logits = self.model(tok[:, None], state=self.state)[:, 0]
+            tok = sample_torch(logits, u[t], self.sampling)
+            out[:, t] = tok
+        self.tok, self.last_logits = tok, logits
+        return out
+
+    def run(self, n: int) -> np.ndarray:
+        return self.steps(n).cpu().numpy()
+
+    def state_nbytes(self) -> int:
+        return self.state.nbytes()
+
+
+def make_decoder(model, state, tok, sampling: Sampling, noise: Noise, backend: str = "auto", position: int = 0):
+    """The fastest decoder that supports `model` on its device (see the module docstring).
+    `position`: samples already fed (the prefill), for the CUDA graph's alignment."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    device = next(model.parameters()).device
+    if backend == "torch":
+        return TorchDecoder(model, state, tok, sampling, noise)
+    if backend == "cuda-graph" or (backend == "auto" and device.type == "cuda"):
+        if device.type != "cuda":
+            raise ValueError("backend 'cuda-graph' needs a model on a CUDA device")
+        from wavelm.fast.cuda import GraphDecoder
+
+        return GraphDecoder(model, state, tok, sampling, noise, position=position)
+    from wavelm import fast
+
+    why = fast.available() if device.type == "cpu" else f"the model is on {device}"
+    if why is None:
+        from wavelm.fast.program import Unsupported
+
+        try:
+            return fast.FastDecoder(model, state, tok, sampling, noise)
+        except Unsupported as e:
+            why = str(e)
+    if backend == "fast":
+        raise ValueError(f"the fast decoder cannot run this model: {why}")
+    log.info("fast decode step unavailable (%s): using the torch reference step", why)
+    return TorchDecoder(model, state, tok, sampling, noise)
+
+
+# ----------------------------------------------------------------------------- prompt
+
+def prompt_tokens(prompt, batch_size: int, sample_rate: int) -> torch.Tensor | None:
+    """A prompt (path, or float waveform (N,) or (B, N) at `sample_rate`) -> tokens (B, N)."""
+    if prompt is None:
+        return None
+    if isinstance(prompt, (str, Path)):
+        x = load_audio(prompt, sample_rate)                    # AudioError (a ValueError) if unreadable
+        where = str(prompt)
+    else:
+        x = prompt.detach().cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt)
+        where = "prompt"
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"prompt must be a float waveform, got dtype {x.dtype}")
+    if x.ndim == 1:
+        x = np.broadcast_to(x, (batch_size, x.shape[0]))
+    if x.ndim != 2 or x.shape[0] not in (1, batch_size):
+        raise ValueError(f"prompt must be (N,) or ({batch_size}, N), got shape {x.shape}")
+    x = np.broadcast_to(x, (batch_size, x.shape[1]))
+    if x.shape[1] == 0:
+        raise ValueError(f"{where}: holds no samples")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: holds NaN or inf samples")
+    return torch.from_numpy(mulaw_encode(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+@torch.inference_mode()
+def prefill(model, tokens: torch.Tensor | None, batch_size: int, chunk: int = PREFILL_CHUNK):
+    """A streaming state that has seen [128, tokens[:, :-1]], and the pending input tokens[:, -1]
+    (the next sample is predicted from it). No prompt: a zero state and token 128."""
+    device = next(model.parameters()).device
+    state = model.init_state(batch_size)
+    if tokens is None:
+        return state, torch.full((batch_size,), ZERO, dtype=torch.int64, device=device), 0
+    tokens = tokens.to(device)
+    inputs = torch.cat([torch.full((batch_size, 1), ZERO, dtype=torch.int64, device=device),
+                        tokens[:, :-1]], dim=1)
+    for t in range(0, inputs.shape[1], chunk):
+        model(inputs[:, t:t + chunk], state=state)
+    return state, tokens[:, -1].clone(), inputs.shape[1]
+
+
+# ----------------------------------------------------------------------------- public API
+
+def num_samples(seconds, sample_rate: int) -> int:
+    """Samples to generate for `seconds`; ValueError unless 0 < seconds <= MAX_SECONDS."""
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"seconds must be a number, got {seconds!r}") from None
+    if not (math.isfinite(s) and 0 < s <= MAX_SECONDS):
+        raise ValueError(f"seconds must be > 0 and <= {MAX_SECONDS:g}, got {seconds!r}")
+    n = round(s * sample_rate)
+    if n < 1:
+        raise ValueError(f"seconds={seconds!r} is less than one sample at {sample_rate} Hz")
+    return n
+
+
+@contextlib.contextmanager
+def _inference(model, threads: int | None):
+    """inference_mode, eval mode and a torch thread count, restored afterwards."""
+    was_training, old = model.training, torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+def start(model, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+          seed: int = 0, prompt=None, backend: str = "auto", threads: int | None = None):
+    """Validate, prefill the prompt and build the decoder: `dec.run(n)` -> tokens (B, n)."""
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    sampling = Sampling(float(temperature), None if top_k is None else top_k, float(top_p))
+    sr = int(model.config.sample_rate)
+    tokens = prompt_tokens(prompt, int(batch_size), sr)
+    with _inference(model, threads):
+        state, tok, fed = prefill(model, tokens, int(batch_size))
+        noise = Noise(int(seed), int(batch_size), tok.device)
+        dec = make_decoder(model, state, tok, sampling, noise, backend, position=fed)
+    dec.threads = threads
+    log.debug("decoder %s, prompt of %d samples", dec.name, fed)
+    return dec
+
+
+def stream(model, seconds: float = 5.0, chunk_samples: int | None = None, batch_size: int = 1,
+           temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None, seed: int = 0,
+           prompt=None, progress: bool = False, backend: str = "auto",
+           threads: int | None = None) -> Iterator[np.ndarray]:
+    """Yield float32 audio chunks (B, n) as they are generated: `chunk_samples` each (default a
+    quarter second), the last one shorter; their concatenation equals `generate(...)` with the
+    same arguments. Arguments are checked here, before the first chunk (ValueError).
+    `backend`: "auto" (fastest available), "fast" (numba, CPU), "torch" (the reference step),
+    "cuda-graph". `threads`: torch threads while generating (None: leave as is)."""
+    sr = int(model.config.sample_rate)
+    total = num_samples(seconds, sr)
+    chunk = sr // 4 if chunk_samples is None else chunk_samples
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+        raise ValueError(f"chunk_samples must be an integer >= 1, got {chunk_samples!r}")
+    dec = start(model, batch_size, temperature, top_p, top_k, seed, prompt, backend, threads)
+    return _chunks(model, dec, total, int(chunk), sr, progress)
+
+
+def _chunks(model, dec, total, chunk, sr, progress) -> Iterator[np.ndarray]:
+    from tqdm.auto import tqdm
+
+    t0, done = time.perf_counter(), 0
+    with tqdm(total=total, unit="sample", unit_scale=True, disable=not progress, leave=False,
+              desc=f"generating x{dec.tok.shape[0]} ({dec.name})") as bar:
+        while done < total:
+            n = min(chunk, total - done)
+            with _inference(model, dec.threads):
+                tokens = dec.run(n)
+            done += n
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            bar.update(n)
+            bar.set_postfix_str(f"{rate / sr:.2f}x real time", refresh=False)
+            yield mulaw_decode(tokens).astype(np.float32, copy=False)
+
+
+def generate(model, seconds: float = 5.0, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int | None = None, seed: int = 0, prompt=None, progress: bool = False,
+             backend: str = "auto", threads: int | None = None, chunk_samples: int | None = None) -> np.ndarray:
+    """Generate `seconds` of audio for `batch_size` independent streams: float32 (B, N) at the
+    model's rate, N = round(seconds * rate), 0 < seconds <= MAX_SECONDS (600). Deterministic
+    for a seed (on a given device). See `stream` for the other arguments."""
+    chunks = list(stream(model, seconds, chunk_samples or 65536, batch_size, temperature, top_p, top_k,
+                         seed, prompt, progress, backend, threads))
+    return np.concatenate(chunks, axis=1)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `wavelm.generate(...)` work after `wavelm.generate` has become this module."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
