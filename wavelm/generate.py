@@ -30,9 +30,9 @@ import math
 import sys
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ class Noise:
         self.block, self.pos = None, NOISE_BLOCK
 
     def take(self, n: int) -> torch.Tensor:
-        parts = []
+        """The next n steps' uniforms (n, B)."""
+        parts = [torch.empty((0, self.B), dtype=torch.float64, device=self.device)]
         while n > 0:
             if self.pos == NOISE_BLOCK:
                 self.block = torch.rand((NOISE_BLOCK, self.B), generator=self.gen, dtype=torch.float64,
@@ -107,7 +108,7 @@ class Noise:
             parts.append(self.block[self.pos:self.pos + k])
             self.pos += k
             n -= k
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return parts[-1] if len(parts) <= 2 else torch.cat(parts[1:])
 
 
 # ----------------------------------------------------------------------------- decoders
@@ -306,7 +307,7 @@ def generate(model, seconds: float = 5.0, batch_size: int = 1, temperature: floa
     """Generate `seconds` of audio for `batch_size` independent streams: float32 (B, N) at the
     model's rate, N = round(seconds * rate), 0 < seconds <= MAX_SECONDS (600). Deterministic
     for a seed (on a given device). See `stream` for the other arguments."""
-    chunks = list(stream(model, seconds, chunk_samples or 65536, batch_size, temperature, top_p, top_k,
+    chunks = list(stream(model, seconds, chunk_samples, batch_size, temperature, top_p, top_k,
                          seed, prompt, progress, backend, threads))
     return np.concatenate(chunks, axis=1)
 

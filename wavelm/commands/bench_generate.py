@@ -6,9 +6,9 @@
     wavelm bench generate --checkpoint runs/piano --seconds 60 --batch 1
 
 For each batch size: the decoder generation uses (`--backend`, default the fastest here),
-timed over `--seconds` of audio per stream after a short warm-up (JIT compile, caches), as
-samples/s per stream and for all streams, and x real time per stream; the state memory at the
-start and at the end of the run (it must not grow: run `--seconds 60` to see it); and the
+timed over `--repeat` runs of `--seconds` of audio per stream after a short warm-up (JIT
+compile, caches), as the median samples/s per stream and for all streams, and x real time per
+stream; the state memory at the start and at the end (it must not grow: `--seconds 60`); and the
 speed-up over two slower ways measured in the same run on a few hundred samples: the torch
 reference step (the model's forward with state, one sample per call) and naive generation
 (the full forward over the last `context` samples for every new sample, no state; context
@@ -17,6 +17,7 @@ weights, so random weights measure a preset fairly; the output says which it was
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 from wavelm.cli import UserError
@@ -31,6 +32,7 @@ def add_arguments(p):
     p.add_argument("--pool", default=None, help="with --model: pooling factors such as 4,4, or none")
     p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--seconds", type=float, default=5.0, help="audio per stream per timed run (default 5)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per batch size; the median is shown (default 3)")
     p.add_argument("--naive-samples", type=int, default=200,
                    help="samples timed for the reference step and naive generation (naive stops after 10 s; "
                         "default 200)")
@@ -104,7 +106,9 @@ def _naive_rate(model, n, context, device, budget=10.0):
     return (i + 1) / (time.perf_counter() - t0), i + 1
 
 
-def _rate(model, batch, seconds, backend, device, warm=0.2):
+def _rate(model, batch, seconds, backend, device, warm=0.2, repeat=1):
+    """(decoder, median samples/s per stream over `repeat` runs of `seconds`, state bytes
+    before and after); the runs continue one stream, so the last one ends at repeat x seconds."""
     from wavelm.generate import start
 
     dec = start(model, batch_size=batch, seed=0, backend=backend)
@@ -112,11 +116,13 @@ def _rate(model, batch, seconds, backend, device, warm=0.2):
     dec.run(max(1, int(warm * sr)))                                 # JIT, caches, graph capture
     before = dec.state_nbytes()
     n = max(1, round(seconds * sr))
-    _sync(device)
-    t0 = time.perf_counter()
-    dec.run(n)
-    took = time.perf_counter() - t0
-    return dec.name, n / took, before, dec.state_nbytes()
+    rates = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        dec.run(n)
+        rates.append(n / (time.perf_counter() - t0))
+    return dec.name, statistics.median(rates), before, dec.state_nbytes()
 
 
 def run(args) -> int:
@@ -125,8 +131,8 @@ def run(args) -> int:
     from wavelm.commands.bench import machine
 
     batches = _ints(args.batch, "--batch")
-    if not args.seconds > 0 or args.naive_samples < 1 or args.threads < 1:
-        raise UserError("--seconds must be > 0; --naive-samples and --threads >= 1")
+    if not args.seconds > 0 or min(args.naive_samples, args.threads, args.repeat) < 1:
+        raise UserError("--seconds must be > 0; --naive-samples, --threads and --repeat >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
@@ -145,10 +151,11 @@ def run(args) -> int:
           f"over {args.naive_samples} samples")
     rows, base = [], None
     for b in batches:
-        name, r, m0, m1 = _rate(model, b, args.seconds, args.backend, args.device)
+        name, r, m0, m1 = _rate(model, b, args.seconds, args.backend, args.device, repeat=args.repeat)
         base = base or (r * b if b == 1 else None)
         rows.append((b, name, r, r * b, r / sr, m0, m1, r * b / naive))
-    print(f"{args.seconds:g} s per stream, after a 0.2 s warm-up (x real time: per stream; "
+    print(f"median of {args.repeat} runs of {args.seconds:g} s per stream, after a 0.2 s warm-up; state "
+          f"memory at the start and after {args.repeat * args.seconds:g} s (x real time: per stream; "
           "total vs naive: all streams vs naive batch 1):")
     head = ("batch", "decoder", "samples/s/stream", "samples/s total", "x real time", "state MB start", "end",
             "total vs naive", "vs batch 1")

@@ -39,7 +39,8 @@ def add_arguments(p):
     p.add_argument("--top-p", type=float, default=1.0, metavar="P",
                    help="nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1 (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("-o", "--output", default="generated.wav", metavar="OUT.wav", help="output file (default generated.wav)")
+    p.add_argument("-o", "--output", default="generated.wav", metavar="OUT.wav",
+                   help="output file (default generated.wav)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",

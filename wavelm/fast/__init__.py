@@ -30,6 +30,13 @@ def available() -> str | None:
     return None
 
 
+def _cached(kernels) -> bool:
+    """Whether numba's on-disk cache of the decode step seems to exist (beside the module)."""
+    from pathlib import Path
+
+    return any((Path(kernels.__file__).parent / "__pycache__").glob("kernels.decode-*.nbi"))
+
+
 _NO_FORCE = np.zeros((0, 0), np.int64)
 _NO_LOGITS = {np.dtype(d): np.zeros((0, 0, 0), d) for d in (np.float32, np.float64)}
 
@@ -41,8 +48,11 @@ class FastDecoder:
     name = "numba"
 
     def __init__(self, model, state, tok: torch.Tensor, sampling, noise):
+        from . import kernels
         from .program import compile_model
 
+        if not kernels.decode.signatures and not _cached(kernels):
+            log.info("compiling the numba decode step (first run only, ~20-60 s; cached afterwards)")
         self.program = compile_model(model, state.batch_size)
         self.program.load_state(state)
         self.tok = tok.detach().cpu().numpy().astype(np.int64).copy()

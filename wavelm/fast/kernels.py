@@ -21,7 +21,7 @@ FM = {"reassoc", "contract", "nsz", "arcp"}
 JIT = dict(fastmath=FM, cache=True, nogil=True, error_model="numpy")
 
 # opcodes (operand layout in the comment; offsets index P, M or I as named)
-EMBED = 0     # dst, w, C                      dst[b] = w[tok[b]]
+EMBED = 0     # dst, w, C, V                   dst[b] = w[tok[b]]
 LN = 1        # src, dst, C, g, b, eps_idx     LayerNorm (may be in place)
 LINEAR = 2    # src, dst, n_in, n_out, w, b    dst = W src + b   (b < 0: no bias)
 SILU = 3      # x, n                           in place
@@ -37,10 +37,10 @@ NCOLS = 12
 
 
 @njit(**JIT)
-def _embed(P, M, tok, dst, w, C):
+def _embed(P, M, tok, dst, w, C, V):
     # array views (not flat index arithmetic) let LLVM vectorise: numba checks negative
     # indices on computed scalars, which blocks SIMD
-    E = P[w:w + 256 * C].reshape(256, C)
+    E = P[w:w + V * C].reshape(V, C)
     for b in range(tok.shape[0]):
         _copy(M[dst + b * C:dst + (b + 1) * C], E[tok[b]])
 
@@ -494,7 +494,7 @@ def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logi
                     pc = a[8]
                     continue
             elif op == EMBED:
-                _embed(P, M, tok, a[1], a[2], a[3])
+                _embed(P, M, tok, a[1], a[2], a[3], a[4])
             pc += 1
         for b in range(B):
             _copy(x, M[logits + b * V:logits + (b + 1) * V])

@@ -1,4 +1,4 @@
-"""Compile a WaveLM into the flat program that kernels.step interprets, and load a torch
+"""Compile a WaveLM into the flat program that kernels.decode interprets, and load a torch
 streaming `State` into it (after a prompt prefill through the model's own forward).
 
 Layout: P holds weights (conv weights re-ordered for the kernels), M holds scratch regions
@@ -308,7 +308,7 @@ def compile_model(model, batch_size: int) -> Program:
     C0, V = model.config.stage_dims[0], model.head.out_features
     with torch.no_grad():
         x = b.tmp(C0)
-        b.emit(K.EMBED, x, b.param(model.embed.weight), C0)
+        b.emit(K.EMBED, x, b.param(model.embed.weight), C0, model.embed.num_embeddings)
         b.stage(model.body, template.stack, x, C0)
         logits = b.tmp(V)
         b.linear(model.head, x, logits)
