@@ -2,18 +2,19 @@
 
     .venv/bin/python recipes/compare.py --data data/bach_cache \\
         --configs recipes/bach_piano/compare/*.toml --max-minutes 6 --out runs/compare/bach
-    .venv/bin/python recipes/compare.py --data data/youtubemix --format youtubemix --full-eval \\
-        --configs recipes/youtubemix/*.toml --steps 20000 --out runs/compare/ytm
+    .venv/bin/python recipes/compare.py --data data/ytm_cache --full-eval --out runs/compare/ytm \\
+        --configs recipes/youtubemix/{transformer,conformer_llm,conformer,cat}.toml
 
 Every config trains with the same data, seed, batch, seq_len and time budget (flags override
-the recipes; the run refuses configs that still disagree). Steps: `--steps N`, or (with
-`--max-minutes`) estimated from a few timed training steps so that the cosine schedule ends
-when the budget does. Validation runs once at the end (`--eval-every` to change), and the best
-checkpoint is scored on the same fixed crops for every config: `--eval-crops` crops of
-`--eval-seq-len` samples spread evenly over the val and the test split (wavelm.train.val_crops;
-the val number is the trainer's own, on exactly those crops). `--full-eval` (youtubemix format)
-adds the paper's metric: every 131072-sample chunk of val and test scored on its own
-(wavelm.score.score_split over wavelm.data.youtubemix.YouTubeMix chunks).
+the recipes; the run refuses configs that still disagree). Steps: `--steps N`; else, with
+`--max-minutes`, estimated from a few timed training steps so that the cosine schedule ends
+when the budget does; else the recipes' own (which must agree). Validation runs once, at the
+end (`--eval-every` to change), and the best checkpoint is scored on the same fixed crops for
+every config: `--eval-crops` crops of `--eval-seq-len` samples spread evenly over the val and
+the test split (wavelm.train.val_crops; the val number is the trainer's own, on exactly those
+crops). `--full-eval` (youtubemix format) adds the paper's metric: every 131072-sample chunk of
+val and test scored on its own (wavelm.score.score_split over wavelm.data.youtubemix.YouTubeMix
+chunks when the audio folder is there, else the cache's chunks, which hold the same tokens).
 
 Each config trains in its own spawned process (memory goes back between configs) into
 OUT/<config name>/, which gets result.json when done; a re-run skips configs already done with
@@ -52,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--configs", nargs="+", required=True, metavar="TOML")
     p.add_argument("--out", required=True, help="output dir: one run dir per config + results.json")
     p.add_argument("--max-minutes", type=float, default=0.0, help="training budget per config")
-    p.add_argument("--steps", type=int, help="steps of the schedule (default: from --max-minutes)")
+    p.add_argument("--steps", type=int, help="steps of the schedule (default: fit to --max-minutes, "
+                   "else the recipes' own)")
     p.add_argument("--eval-every", type=int, help="validate every N steps (default: at the end only)")
     p.add_argument("--eval-crops", type=int, default=64, help="fixed crops per split")
     p.add_argument("--eval-seq-len", type=int, default=8192, help="samples per eval crop")
@@ -62,10 +64,7 @@ def parse_args(argv=None):
         p.add_argument(f"--{k.replace('_', '-')}", type=str if k == "device" else
                        float if k == "lr" else int, default=None, help="override for every config")
     p.add_argument("--force", action="store_true", help="train again configs already done")
-    a = p.parse_args(argv)
-    if a.steps is None and not a.max_minutes > 0:
-        p.error("give --steps, --max-minutes, or both")
-    return a
+    return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -89,7 +88,7 @@ def die(msg: str):
     sys.exit(2)
 
 
-def check_shared(recipes: dict[str, dict]):
+def check_shared(recipes: dict[str, dict], shared=SHARED):
     """Every config must train with the same batch, crop length, seed, threads and device."""
     from wavelm.train import configs_from_recipe
 
@@ -99,9 +98,9 @@ def check_shared(recipes: dict[str, dict]):
             cfg = configs_from_recipe(r)[1]
         except ValueError as e:
             die(f"{name}: {e}")
-        seen[name] = tuple(getattr(cfg, k) for k in SHARED)
+        seen[name] = tuple(getattr(cfg, k) for k in shared)
     if len(set(seen.values())) > 1:
-        rows = "; ".join(f"{n}: {dict(zip(SHARED, v))}" for n, v in seen.items())
+        rows = "; ".join(f"{n}: {dict(zip(shared, v))}" for n, v in seen.items())
         die(f"the configs disagree on shared settings ({rows}); set them with flags, "
             "e.g. --batch-size 2 --seq-len 8192")
 
@@ -176,7 +175,7 @@ def run_one(name: str, recipe: dict, cache_path: str, run: str, args_d: dict, ke
     step_s = None
     if args_d["steps"] is not None:
         cfg.steps = args_d["steps"]
-    else:
+    elif cfg.max_minutes > 0:
         budget = cfg.max_minutes * 60
         step_s = time_steps(model_cfg, cfg, cache, device, args_d["timing_steps"], cap_s=max(10.0, 0.05 * budget))
         cfg.steps = max(1, int((budget - 5) / step_s))  # ~5 s of setup inside the budget
@@ -258,8 +257,6 @@ def main(argv=None) -> int:
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
         die(f"config names (file stems) must differ: {names}")
-    if args.full_eval and args.format != "youtubemix":
-        die("--full-eval needs --format youtubemix")
     for p in paths:
         if not p.is_file():
             die(f"{p}: no such config")
@@ -268,12 +265,17 @@ def main(argv=None) -> int:
     first = tomllib.loads(paths[0].read_text()).get("data", {})
     data_cfg = {k: first[k] for k in ("format", "quantization", "sample_rate") if k in first}
     data_cfg.update({k: v for k, v in (("format", args.format), ("quantization", args.quantization)) if v})
-    dc = DataConfig(**data_cfg)
+    try:
+        dc = DataConfig(**data_cfg)
+    except ValueError as e:
+        die(str(e))
+    if args.full_eval and dc.format != "youtubemix":
+        die("--full-eval needs the youtubemix format (--format youtubemix or the recipes' [data])")
     cache = open_data(args.data, out, dc)  # an audio folder is prepared once, into OUT/cache
     cache_path = str(Path(cache.path).resolve())
     data_cfg.update(path=cache_path, format=dc.format, quantization=dc.quantization)
     recipes = {n: load_recipe(p, args, data_cfg) for n, p in zip(names, paths)}
-    check_shared(recipes)
+    check_shared(recipes, SHARED + (("steps",) if args.steps is None and not args.max_minutes else ()))
 
     shared = {k: getattr(args, k) for k in ("steps", "max_minutes", "eval_every", "eval_crops", "eval_seq_len",
                                             "full_eval", "timing_steps")}

@@ -1,0 +1,38 @@
+"""The bundled default model: it loads without a download, matches its card, and makes sound."""
+import json
+
+import numpy as np
+import pytest
+
+import wavelm
+from wavelm.checkpoint import PRETRAINED_DIR
+
+pytestmark = pytest.mark.skipif(not (PRETRAINED_DIR / "model.safetensors").exists(),
+                                reason="no bundled model in wavelm/pretrained/")
+
+
+def test_bundled_model_loads_and_matches_its_card():
+    model = wavelm.WaveLM.from_pretrained()
+    meta = json.loads((PRETRAINED_DIR / "config.json").read_text())
+    assert model.num_parameters() == meta["card"]["parameters"]
+    assert meta["card"]["test"]["bits_per_sample"] < 3.72   # beats the 16-tap linear predictor
+    assert (PRETRAINED_DIR / "README.md").exists()
+    assert (PRETRAINED_DIR / "model.safetensors").stat().st_size < 5 * 2**20  # a few MB at most
+
+
+def test_bundled_model_generates_audible_non_runaway_audio():
+    model = wavelm.WaveLM.from_pretrained()
+    quality = json.loads((PRETRAINED_DIR / "config.json").read_text())["card"]["quality"]["data"]
+    audio = wavelm.generate(model, seconds=3, seed=0)[0]
+    assert audio.shape == (48000,) and np.isfinite(audio).all()
+    rms = [np.sqrt(np.mean(w ** 2)) for w in np.split(audio, 3)]
+    assert min(rms) > 0.01 * quality["median_rms"]          # not silent
+    assert max(rms) < 0.9                                    # not saturated noise
+
+
+def test_bundled_model_scores_a_piano_like_tone_better_than_noise():
+    model = wavelm.WaveLM.from_pretrained()
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-2 * t)).astype(np.float32)
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32)
+    assert wavelm.score(model, tone).bits_per_sample < wavelm.score(model, noise).bits_per_sample - 1
