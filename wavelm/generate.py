@@ -24,7 +24,6 @@ callable so `wavelm.generate(model, ...)` works either way (as wavelm.score does
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -37,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 from wavelm.audio import load_audio, mulaw_decode, mulaw_encode
+from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
 
@@ -231,20 +232,7 @@ def num_samples(seconds, sample_rate: int) -> int:
     return n
 
 
-@contextlib.contextmanager
-def _inference(model, threads: int | None):
-    """inference_mode, eval mode and a torch thread count, restored afterwards."""
-    was_training, old = model.training, torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-        if threads is not None:
-            torch.set_num_threads(old)
+_inference = inference  # inference mode, eval mode, thread count; restored afterwards
 
 
 def start(model, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,

@@ -20,7 +20,6 @@ module is made callable: `wavelm.score(model, audio)` runs `score` either way.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -31,9 +30,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+
 import torch.nn.functional as F
 
 from wavelm.audio import AudioError, audio_info, iter_audio, mulaw_encode
+from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +142,7 @@ def _rechunk(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
         yield np.concatenate(buf)
 
 
-@contextlib.contextmanager
-def _scoring(model, threads: int | None):
-    """inference_mode, eval mode (dropout off) and a thread count, all restored afterwards."""
-    was_training, old_threads = model.training, torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-        torch.set_num_threads(old_threads)
+_scoring = inference  # inference mode, eval mode, thread count; restored afterwards
 
 
 def _chunk_len(chunk_seconds: float, sample_rate: int) -> int:

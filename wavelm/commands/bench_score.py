@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
 from wavelm.cli import UserError
+from wavelm.commands.bench import cpu_name
 
 
 def add_arguments(p):
@@ -34,17 +34,6 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, metavar="N", default=1, help="torch threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _model(args):

@@ -8,12 +8,11 @@ tokens; tokens/s is batch * seq_len / the median step time after the warm-up ste
 """
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 
 from wavelm.cli import UserError
+from wavelm.commands.bench import machine
 
 
 def add_arguments(p):
@@ -29,21 +28,6 @@ def add_arguments(p):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see NOTES.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model first")
-
-
-def machine(device) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    s = f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
-    if device.type == "cuda":
-        s = f"{torch.cuda.get_device_name(device)}; host {s}"
-    return s
 
 
 def bench_preset(name, args, device) -> dict:
@@ -94,7 +78,7 @@ def run(args) -> int:
     print(f"wavelm bench train: batch {args.batch_size} x {args.seq_len} samples, median of "
           f"{args.steps} steps after {args.warmup_steps} warm-up, {device.type}"
           f"{' bf16 autocast' if device.type == 'cuda' else ' float32'}")
-    print(f"machine: {machine(device)}")
+    print(f"machine: {machine()}")
     print(f"{'preset':<14} {'arch':<14} {'params':>8} {'ms/step':>9} {'tokens/s':>10}")
     for p in presets:
         r = bench_preset(p, args, device)

@@ -13,6 +13,8 @@ x + Up(Stage_inner(Down(x))) that runs at 1/p of the rate (SaShiMi-style multi-r
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -158,3 +160,18 @@ class WaveLM(nn.Module):
         from wavelm.checkpoint import save_model
 
         return save_model(self, path, extra=extra)
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module, threads: int | None = None):
+    """inference_mode, eval mode (dropout off) and a torch thread count, restored afterwards."""
+    was_training, old_threads = model.training, torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(old_threads)
