@@ -28,8 +28,5 @@ def __getattr__(name):  # lazy: `import wavelm` stays cheap, torch loads on firs
     if name == "data":
         return import_module("wavelm.data")
     if name in _EXPORTS:
-        mod = import_module(_EXPORTS[name])
-        if name in ("generate", "score"):
-            return getattr(mod, name)
-        return getattr(mod, name)
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'wavelm' has no attribute {name!r}")

@@ -30,17 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavelm", description="Autoregressive raw-audio waveform LMs.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, desc in COMMANDS.items():
+    add_subcommands(sub, "wavelm.commands.", COMMANDS, "_run")
+    return p
+
+
+def add_subcommands(sub, prefix: str, table: dict, key: str):
+    """One subparser per module `prefix + name` (with `add_arguments`/`run`) that exists;
+    its `run` is stored in args.<key>."""
+    for name, desc in table.items():
         try:
-            mod = import_module(f"wavelm.commands.{name}")
+            mod = import_module(prefix + name)
         except ModuleNotFoundError as e:
-            if e.name != f"wavelm.commands.{name}":
+            if e.name != prefix + name:
                 raise
-            continue  # not built yet
+            continue
         sp = sub.add_parser(name, help=desc, description=desc)
         mod.add_arguments(sp)
-        sp.set_defaults(_run=mod.run)
-    return p
+        sp.set_defaults(**{key: mod.run})
 
 
 def main(argv: list[str] | None = None) -> int:

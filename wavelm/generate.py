@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from wavelm.audio import load_audio, mulaw_decode, mulaw_encode
+from wavelm._callable import make_module_callable
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
@@ -232,9 +230,6 @@ def num_samples(seconds, sample_rate: int) -> int:
     return n
 
 
-_inference = inference  # inference mode, eval mode, thread count; restored afterwards
-
-
 def start(model, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
           seed: int = 0, prompt=None, backend: str = "auto", threads: int | None = None):
     """Validate, prefill the prompt and build the decoder: `dec.run(n)` -> tokens (B, n)."""
@@ -245,7 +240,7 @@ def start(model, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1
     sampling = Sampling(float(temperature), None if top_k is None else top_k, float(top_p))
     sr = int(model.config.sample_rate)
     tokens = prompt_tokens(prompt, int(batch_size), sr)
-    with _inference(model, threads):
+    with inference(model, threads):
         state, tok, fed = prefill(model, tokens, int(batch_size))
         noise = Noise(int(seed), int(batch_size), tok.device)
         dec = make_decoder(model, state, tok, sampling, noise, backend, position=fed)
@@ -280,7 +275,7 @@ def _chunks(model, dec, total, chunk, sr, progress) -> Iterator[np.ndarray]:
               desc=f"generating x{dec.tok.shape[0]} ({dec.name})") as bar:
         while done < total:
             n = min(chunk, total - done)
-            with _inference(model, dec.threads):
+            with inference(model, dec.threads):
                 tokens = dec.run(n)
             done += n
             rate = done / max(time.perf_counter() - t0, 1e-9)
@@ -300,11 +295,4 @@ def generate(model, seconds: float = 5.0, batch_size: int = 1, temperature: floa
     return np.concatenate(chunks, axis=1)
 
 
-class _CallableModule(types.ModuleType):
-    """Lets `wavelm.generate(...)` work after `wavelm.generate` has become this module."""
-
-    def __call__(self, *args, **kwargs):
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, generate)

@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 
 from wavelm.audio import AudioError, audio_info, iter_audio, mulaw_encode
+from wavelm._callable import make_module_callable
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
@@ -142,9 +140,6 @@ def _rechunk(blocks: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
         yield np.concatenate(buf)
 
 
-_scoring = inference  # inference mode, eval mode, thread count; restored afterwards
-
-
 def _chunk_len(chunk_seconds: float, sample_rate: int) -> int:
     if not chunk_seconds > 0:
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds!r}")
@@ -206,7 +201,7 @@ def score(model, audio, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, sample_rat
         a = _as_waveform(audio, sample_rate, sr)
         total = len(a) / sr
         blocks = (a,)
-    with _scoring(model, threads):
+    with inference(model, threads):
         stream = _Stream(model, keep_per_sample)
         with _bar(progress, total, Path(path).name if path else "scoring") as bar:
             for piece in _rechunk(blocks, n):
@@ -279,7 +274,7 @@ def score_split(model, data, split: str = "test", quantization: str | None = Non
     n = _chunk_len(chunk_seconds, sr)
     codec, files = _split_streams(data, split, quantization, sr, chunk)
     out = SplitScore(data=str(data), split=split, codec=codec)
-    with _scoring(model, threads):
+    with inference(model, threads):
         for name, chunks in files:
             parts, total, count, k = [], 0.0, 0, 0
             with _bar(progress, None, name) as bar:
@@ -301,11 +296,4 @@ def score_split(model, data, split: str = "test", quantization: str | None = Non
     return out
 
 
-class _CallableModule(types.ModuleType):
-    """Lets `wavelm.score(...)` work after `wavelm.score` has become this module (see top)."""
-
-    def __call__(self, *args, **kwargs):
-        return score(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, score)

@@ -1,8 +1,6 @@
 """`wavelm bench generate|train|score`: speed on this machine, printed as a small table."""
 from __future__ import annotations
 
-from importlib import import_module
-
 TARGETS = {
     "generate": "samples/s of cached generation vs naive recompute, state memory",
     "train": "training tokens/s of the presets",
@@ -11,17 +9,10 @@ TARGETS = {
 
 
 def add_arguments(p):
+    from wavelm.cli import add_subcommands
+
     sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for name, desc in TARGETS.items():
-        try:
-            mod = import_module(f"wavelm.commands.bench_{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"wavelm.commands.bench_{name}":
-                raise
-            continue
-        sp = sub.add_parser(name, help=desc, description=desc)
-        mod.add_arguments(sp)
-        sp.set_defaults(_bench=mod.run)
+    add_subcommands(sub, "wavelm.commands.bench_", TARGETS, "_bench")
 
 
 def run(args) -> int:
