@@ -9,9 +9,40 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-ARCHS = ["transformer", "conformer_llm", "conformer", "cat", "conv"]
+from wavelm.model.config import ARCHS
+
+# mixed stacks (per-stage blocks, `stage_archs`) and deeper pooling, pinned like uniform archs:
+# (stage kinds joined by "/", pool, extra config)
+MIXED = [("conv/conv/conformer", [2, 3], {}),
+         ("conformer/conv/transformer", [3, 2], {}),
+         ("cat/conformer_llm/conv", [2, 3], {}),
+         ("conv/conv/conv/conformer", [2, 2, 2], {}),
+         ("conv", [2, 3], {"conv_dilations": [1, 3, 9], "conv_kernel": 4, "n_layers": 3})]
+# every uniform arch flat and pooled, then the mixed stacks
+CASES = [(a, p, {}) for a in ARCHS for p in ([], [2, 3])] + MIXED
+CASE_IDS = [f"{a}-{'x'.join(map(str, p)) or 'flat'}{'-' + '-'.join(k) if k else ''}" for a, p, k in CASES]
+
+
+def tiny(arch, pool=(), **kw):
+    """The tiny config for an arch or a "/"-joined stack of per-stage kinds."""
+    from wavelm import ModelConfig
+
+    kinds = arch.split("/")
+    return ModelConfig.from_name("tiny", arch=kinds[0], pool=list(pool),
+                                 **({"stage_archs": kinds} if len(kinds) > 1 else {}), **kw)
 
 
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A float32 tiny pooled conformer saved as a checkpoint directory."""
+    from wavelm import WaveLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    WaveLM(tiny("conformer", [2, 2])).save_pretrained(path)
+    return path

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import wavelm
+from conftest import CASE_IDS, CASES, tiny
 from wavelm import ModelConfig, WaveLM
 from wavelm.cli import main
 from wavelm.fast.program import compile_model
@@ -17,9 +18,9 @@ POOLS = [[], [2, 3]]   # pooled with factors that do not divide the test lengths
 T = 61                 # > attn_window (8) at every stage, so the KV rings wrap
 
 
-def make(arch="conformer", pool=(), seed=0, dtype=torch.float64):
+def make(arch="conformer", pool=(), seed=0, dtype=torch.float64, **kw):
     torch.manual_seed(seed)
-    return WaveLM(ModelConfig.from_name("tiny", arch=arch, pool=list(pool))).to(dtype).eval()
+    return WaveLM(tiny(arch, pool, **kw)).to(dtype).eval()
 
 
 def sine(n, rate=16000, f=440.0):
@@ -28,10 +29,10 @@ def sine(n, rate=16000, f=440.0):
 
 # ----------------------------------------------------------------------------- fast step
 
-@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
-def test_fast_step_matches_forward(arch, pool):
+@pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
+def test_fast_step_matches_forward(arch, pool, kw):
     """Teacher-forced fast steps after a prefill == the full forward's logits (float64)."""
-    model = make(arch, pool)
+    model = make(arch, pool, **kw)
     x = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(x)

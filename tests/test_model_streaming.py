@@ -2,16 +2,16 @@
 import pytest
 import torch
 
+from conftest import CASE_IDS, CASES, tiny
 from wavelm import ModelConfig, WaveLM
 
 POOLS = [[], [2, 3]]  # pooled config with factors that chunk sizes 3 / random do not divide
 T = 61                # > attn_window (8) at every stage, so the KV rings wrap
 
 
-def make(arch, pool, seed=0):
+def make(arch, pool, seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_name("tiny", arch=arch, pool=pool)
-    return WaveLM(cfg).double().eval()
+    return WaveLM(tiny(arch, pool, **kw)).double().eval()
 
 
 def run_chunks(model, x, sizes):
@@ -30,19 +30,19 @@ def random_sizes(seed, total):
     return torch.randint(1, 12, (total,), generator=g).tolist()
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
+@pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("sizes", ["ones", "threes", "random"])
-def test_chunked_stream_matches_full(arch, pool, sizes):
-    model = make(arch, pool)
+def test_chunked_stream_matches_full(arch, pool, kw, sizes):
+    model = make(arch, pool, **kw)
     x = torch.randint(0, 256, (2, T))
     full = model(x)
     chunks = {"ones": [1] * T, "threes": [3] * T, "random": random_sizes(1, T)}[sizes]
     torch.testing.assert_close(run_chunks(model, x, chunks), full, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
-def test_prefill_then_steps_match_full(arch, pool):
-    model = make(arch, pool)
+@pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
+def test_prefill_then_steps_match_full(arch, pool, kw):
+    model = make(arch, pool, **kw)
     x = torch.randint(0, 256, (3, T))
     full = model(x)
     state = model.init_state(3)
@@ -51,9 +51,9 @@ def test_prefill_then_steps_match_full(arch, pool):
     torch.testing.assert_close(torch.cat([prefill, *steps], 1), full, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
-def test_gradient_causality(arch, pool):
-    model = make(arch, pool)
+@pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
+def test_gradient_causality(arch, pool, kw):
+    model = make(arch, pool, **kw)
     rf = model.receptive_field()
     n = rf + 40
     h = torch.randn(1, n, model.config.stage_dims[0], dtype=torch.float64, requires_grad=True)
@@ -65,9 +65,9 @@ def test_gradient_causality(arch, pool):
     assert g[t] > 0 and g[t - 1] > 0, "output ignores the current and previous input"
 
 
-@pytest.mark.parametrize("pool", POOLS, ids=["flat", "pooled"])
-def test_state_restore_is_exact(arch, pool):
-    model = make(arch, pool)
+@pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
+def test_state_restore_is_exact(arch, pool, kw):
+    model = make(arch, pool, **kw)
     x = torch.randint(0, 256, (2, 30))
     state = model.init_state(2)
     model(x[:, :23], state=state)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -176,21 +175,17 @@ def iter_audio(path, sample_rate: int = 16000, block_seconds: float = 30.0) -> I
 
 
 def save_audio(path, audio, sample_rate: int = 16000, subtype: str = "PCM_16") -> Path:
-    """Write float audio in [-1, 1] (N,) or (C, N) as a WAV (or any format by extension),
-    atomically: a temp file in the same folder, then rename."""
+    """Write float audio in [-1, 1] (N,) or (C, N) as WAV (16-bit), or FLAC, OGG, MP3, ... by
+    the extension (wavelm.files.AUDIO_OUT), atomically. OutputError names a bad path."""
     import soundfile as sf
 
     a = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     a = np.clip(a.astype(np.float32), -1.0, 1.0)
     if a.ndim == 2:
         a = a.T  # (C, N) -> (N, C), soundfile's layout
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(p.suffix.lower(), "WAV")
-    try:
-        sf.write(str(tmp), a, sample_rate, subtype=subtype if fmt == "WAV" else None, format=fmt)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    from wavelm.files import AUDIO_OUT, atomic_write, check_output
+
+    p = check_output(path, AUDIO_OUT)
+    fmt = p.suffix[1:].upper()
+    return atomic_write(p, lambda f: sf.write(f, a, sample_rate, subtype=subtype if fmt == "WAV" else None,
+                                              format=fmt))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from wavelm.files import atomic_write, atomic_write_text
+
 FORMAT = 1
 CODECS = ("mulaw",)
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -15,26 +17,6 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the requested model."""
-
-
-def atomic_write(path, write_fn, mode="wb"):
-    """Call write_fn(file) on a temp file next to `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_text(path, text: str):
-    return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def save_model(model, path, extra: dict | None = None) -> Path:
@@ -68,7 +50,12 @@ def read_config(path) -> dict:
         raise CheckpointError(f"{cfg_file}: corrupt config ({e})") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{cfg_file}: not a wavelm model config")
-    if meta.get("format", FORMAT) > FORMAT:
+    fmt = meta.get("format", FORMAT)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise CheckpointError(f"{cfg_file}: format must be an integer, got {fmt!r}")
+    if not isinstance(meta["model"], dict):
+        raise CheckpointError(f"{cfg_file}: 'model' must be an object of ModelConfig fields")
+    if fmt > FORMAT:
         raise CheckpointError(f"{cfg_file}: format {meta['format']} is newer than this wavelm ({FORMAT})")
     codec = meta.get("codec", meta["model"].get("codec", "mulaw"))
     if codec not in CODECS:
@@ -78,7 +65,7 @@ def read_config(path) -> dict:
 
 def load_model(path=None, map_location="cpu", config=None):
     """Load a WaveLM; `config` (a ModelConfig), if given, must match the checkpoint's."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     from wavelm.model.config import ModelConfig
@@ -97,15 +84,31 @@ def load_model(path=None, map_location="cpu", config=None):
     weights = path / "model.safetensors"
     if not weights.exists():
         raise CheckpointError(f"{path}: no model.safetensors")
+    dev = torch.device(map_location)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"cannot load {path} on {map_location}: no CUDA device is available")
+    # the header's shapes against the config's, on the meta device: nothing is allocated until
+    # both agree (a config of absurd sizes cannot ask for hundreds of GB first)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt weights ({str(e)[:200]})") from None
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in WaveLM(cfg).state_dict().items()}
+    missing, unexpected = set(want) - set(shapes), set(shapes) - set(want)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: weights do not fit the config "
+                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    bad = [k for k in want if want[k] != shapes[k]]
+    if bad:
+        raise CheckpointError(f"{weights}: weights do not fit the config ({bad[0]}: {shapes[bad[0]]} in the "
+                              f"file, {want[bad[0]]} in config.json)")
     try:
         sd = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{weights}: corrupt weights ({str(e)[:200]})") from None
     model = WaveLM(cfg)
-    missing, unexpected = set(model.state_dict()) - set(sd), set(sd) - set(model.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not fit the config "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:

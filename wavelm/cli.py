@@ -26,6 +26,20 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+def check_device(device: str) -> None:
+    """UserError for a device this machine does not have (before any weights are read)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available on this machine")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavelm", description="Autoregressive raw-audio waveform LMs.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -60,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         print("wavelm: interrupted", file=sys.stderr)
         return 130
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-        # library code raises ValueError (and subclasses such as AudioError) for bad input
+        # library code raises ValueError (and subclasses such as AudioError, OutputError) for bad input
         print(f"wavelm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:   # a disk that fills up or turns read-only mid-way: the path and the reason
+        where = e.filename if e.filename is not None else "output"
+        print(f"wavelm {args.command}: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -79,11 +79,15 @@ def read_upload(path, sample_rate: int, max_seconds: float, what: str = "audio")
     name = Path(path).name
     try:
         sr, _, frames = audio_info(path)
+    except AudioError as e:     # not a libsndfile format: ffmpeg may read it
+        x = _ffmpeg_decode(path, sample_rate, max_seconds, name, what, e)
+    else:
         if frames / sr > max_seconds:
             raise InputError(_too_long(name, frames / sr, max_seconds, what))
-        x = load_audio(path, sample_rate)
-    except AudioError as e:
-        x = _ffmpeg_decode(path, sample_rate, max_seconds, name, what, e)
+        try:                    # read by libsndfile: its verdict stands (NaN samples are refused)
+            x = load_audio(path, sample_rate)
+        except AudioError as e:
+            raise InputError(f"{name}: {str(e).split(': ', 1)[-1]}") from None
     if len(x) == 0:
         raise InputError(f"{name}: holds no audio (0 samples)")
     return x
@@ -113,23 +117,20 @@ def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
 
 
 def check_generate_args(seconds, samples, temperature, top_p, seed) -> tuple:
-    """Validate the Generate tab's values (they may come from the API, not the sliders)."""
+    """Validate the Generate tab's values (they may come from the API, not the sliders) with
+    the same rules as the CLI and the Python API (wavelm.generate.check_args)."""
+    from wavelm.generate import check_args
+
+    if isinstance(seed, float) and seed.is_integer():    # gr.Number sends floats
+        seed = int(seed)
+    if isinstance(samples, float) and samples.is_integer():
+        samples = int(samples)
     try:
-        seconds, temperature, top_p = float(seconds), float(temperature), float(top_p)
-        samples, seed = int(samples), int(seed)
-    except (TypeError, ValueError):
-        raise InputError("seconds, samples, temperature, top-p and seed must be numbers") from None
-    if not 0 < seconds <= MAX_SECONDS:
-        raise InputError(f"seconds must be in (0, {MAX_SECONDS:g}], got {seconds:g}")
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(f"number of samples must be 1 to {MAX_SAMPLES}, got {samples}")
-    if not temperature > 0:
-        raise InputError(f"temperature must be > 0, got {temperature:g}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"top-p must be in (0, 1], got {top_p:g}")
-    if seed < 0:
-        raise InputError(f"seed must be >= 0, got {seed}")
-    return seconds, samples, temperature, top_p, seed
+        a = check_args(seconds, samples, temperature, top_p, None, seed, max_seconds=MAX_SECONDS,
+                       max_batch_size=MAX_SAMPLES)
+    except ValueError as e:
+        raise InputError(str(e).replace("batch_size", "number of samples")) from None
+    return a["seconds"], a["batch_size"], a["temperature"], a["top_p"], a["seed"]
 
 
 # ----------------------------------------------------------------------------- text and plots
@@ -182,7 +183,7 @@ def model_info(model) -> tuple[str, str, str]:
     pool = f", pooling {cfg.pool}" if cfg.pool else ""
     rows = [("Checkpoint", f"`{path}`" if path else "(built in memory, not saved)"),
             ("Size", f"{n / 1e6:.2f} M parameters, {mb:.{1 if mb >= 10 else 2}f} MB"),
-            ("Architecture", f"{cfg.arch}, width {cfg.d_model}, {cfg.n_layers} layers per stage, "
+            ("Architecture", f"{cfg.arch_name}, width {cfg.d_model}, {cfg.n_layers} layers per stage, "
                              f"attention window {cfg.attn_window}{pool}"),
             ("Audio", f"{cfg.sample_rate} Hz, 8-bit {cfg.codec} (256 classes)")]
     wanted = [("Training data", ("data", "dataset", "train_data", "data_name", "corpus")),
@@ -283,7 +284,7 @@ def build_demo(model, streaming: bool | None = None):
     with gr.Blocks(title="wavelm demo") as demo:
         gr.Markdown(f"# wavelm\nAn autoregressive language model over raw audio: 8-bit mu-law "
                     f"samples at {sr} Hz, generated one sample at a time. "
-                    f"Model: {model.config.arch}, {model.num_parameters() / 1e6:.2f} M parameters.")
+                    f"Model: {model.config.arch_name}, {model.num_parameters() / 1e6:.2f} M parameters.")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=1):

@@ -45,6 +45,45 @@ MAX_SECONDS = 600.0        # per call; memory of the state does not grow, the ou
 NOISE_BLOCK = 4096         # uniforms are drawn in blocks of this many steps (fixed: see top)
 PREFILL_CHUNK = 16384      # prompt samples per forward call
 BACKENDS = ("auto", "fast", "torch", "cuda-graph")
+MAX_BATCH = 256            # streams per call
+MAX_SEED = 2**63 - 1       # seeds are 0 .. 2**63 - 1 everywhere (API, CLI, demo)
+
+
+def check_args(seconds=None, batch_size=1, temperature=1.0, top_p=1.0, top_k=None, seed=0,
+               max_seconds: float = MAX_SECONDS, max_batch_size: int = MAX_BATCH) -> dict:
+    """The one validation of generation arguments, shared by the API, the CLI and the demo:
+    ValueError naming the value, or the arguments as plain Python numbers. `seconds=None`
+    skips the length (a decoder started without one)."""
+    def number(name, v):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        return f
+
+    def integer(name, v, lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if not lo <= int(v) <= hi:
+            raise ValueError(f"{name} must be an integer from {lo} to {hi}, got {v}")
+        return int(v)
+
+    out = {"batch_size": integer("batch_size", batch_size, 1, max_batch_size),
+           "seed": integer("seed", seed, 0, MAX_SEED)}
+    if seconds is not None:
+        sec = number("seconds", seconds)
+        if not 0 < sec <= max_seconds:
+            raise ValueError(f"seconds must be > 0 and <= {max_seconds:g}, got {seconds!r}")
+        out["seconds"] = sec
+    k = None if top_k is None else integer("top_k", top_k, 1, 1 << 30)
+    sampling = Sampling(number("temperature", temperature), k, number("top_p", top_p))
+    out.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+    return out
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -233,11 +272,9 @@ def num_samples(seconds, sample_rate: int) -> int:
 def start(model, batch_size: int = 1, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
           seed: int = 0, prompt=None, backend: str = "auto", threads: int | None = None):
     """Validate, prefill the prompt and build the decoder: `dec.run(n)` -> tokens (B, n)."""
-    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    sampling = Sampling(float(temperature), None if top_k is None else top_k, float(top_p))
+    a = check_args(None, batch_size, temperature, top_p, top_k, seed)
+    batch_size, seed = a["batch_size"], a["seed"]
+    sampling = Sampling(a["temperature"], a["top_k"], a["top_p"])
     sr = int(model.config.sample_rate)
     tokens = prompt_tokens(prompt, int(batch_size), sr)
     with inference(model, threads):

@@ -81,7 +81,7 @@ def plot_score(audio, nll_bits, out, sample_rate: int = 16000, title: str | None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from wavelm.checkpoint import atomic_write
+    from wavelm.files import atomic_write
 
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     v = np.asarray(nll_bits, dtype=np.float32).reshape(-1)

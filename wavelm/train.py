@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavelm.checkpoint import CheckpointError, atomic_write, atomic_write_text, load_model, save_model
+from wavelm.checkpoint import CheckpointError, load_model, save_model
+from wavelm.files import atomic_write, atomic_write_text
 from wavelm.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,11 @@ def _coerce(obj, section):
     for f in dataclasses.fields(obj):
         v, kind = getattr(obj, f.name), type(f.default)
         ok = (isinstance(v, bool) if kind is bool else
-              isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or v == int(v))
-              if kind in (int, float) else isinstance(v, kind))
+              isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and (kind is float or v == int(v)) if kind in (int, float) else isinstance(v, kind))
         if not ok:
-            raise ValueError(f"{section}.{f.name} must be {kind.__name__}, got {v!r}")
+            what = f"a finite {kind.__name__}" if kind in (int, float) else kind.__name__
+            raise ValueError(f"{section}.{f.name} must be {what}, got {v!r}")
         setattr(obj, f.name, kind(v))
 
 

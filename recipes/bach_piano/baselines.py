@@ -1,4 +1,5 @@
-"""Reference bits per sample on the rendered Bach piano set (8-bit mu-law tokens).
+"""Reference bits per sample on a rendered piano set (8-bit mu-law tokens): recipes/bach_piano,
+or recipes/piano (then also per piano, and on its unseen-piano split).
 
     .venv/bin/python recipes/bach_piano/baselines.py                      # data/bach_piano
     .venv/bin/python recipes/bach_piano/baselines.py --data /tmp/bach20 --splits test
@@ -29,13 +30,22 @@ ZERO = 128  # mu-law code of silence
 Q = 256
 
 
-def load_split(data: Path, split: str) -> list[np.ndarray]:
-    """The split's files as uint8 mu-law token arrays, natural-sorted by name."""
+def split_files(data: Path, split: str) -> list[Path]:
     from natsort import natsorted
 
+    return natsorted((data / split).glob("*.wav"), key=lambda p: p.name)
+
+
+def piano_of(path: Path) -> str:
+    """recipes/piano names files <piece>__<piano>.wav; other files are one group, 'all'."""
+    return path.stem.rsplit("__", 1)[1] if "__" in path.stem else "all"
+
+
+def load_split(data: Path, split: str) -> list[np.ndarray]:
+    """The split's files as uint8 mu-law token arrays, natural-sorted by name."""
     from wavelm.audio import load_audio, mulaw_encode
 
-    files = natsorted((data / split).glob("*.wav"), key=lambda p: p.name)
+    files = split_files(data, split)
     if not files:
         raise SystemExit(f"baselines.py: no .wav files in {data / split} "
                          "(render first: .venv/bin/python recipes/bach_piano/render.py)")
@@ -127,7 +137,8 @@ def pooled(bits: list[np.ndarray]) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/bach_piano", help="render.py's output folder")
-    ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
+    ap.add_argument("--splits", nargs="+", default=None, choices=["train", "val", "test", "unseen"],
+                    help="splits to score (default: val, test and unseen where DATA has them)")
     ap.add_argument("--order", type=int, default=16, help="linear predictor taps")
     ap.add_argument("--window", type=int, default=256, help="residuals behind sigma")
     ap.add_argument("--sigma-min", type=float, default=1e-6)
@@ -139,25 +150,29 @@ def main(argv=None) -> int:
 
     data = Path(args.data)
     t0 = time.time()
+    splits = args.splits or [s for s in ("val", "test", "unseen") if (data / s).is_dir()]
     train = load_split(data, "train")
-    evals = {s: load_split(data, s) for s in args.splits}
+    evals = {s: load_split(data, s) for s in splits}
     pad = float(mulaw_decode(np.array([ZERO]))[0])
-    w = fit_lpc([mulaw_decode(q.astype(np.int64)).astype(np.float64) for q in train], args.order, pad)
+    w = fit_lpc((mulaw_decode(q.astype(np.int64)).astype(np.float64) for q in train), args.order, pad)  # one file at a time
 
     names = {"unigram": "unigram (add-one)", "bigram": "bigram (add-one)",
              "lpc": f"{args.order}-tap linear predictor, Gaussian residual, "
                     f"sigma from the last {args.window} residuals"}
     results = {}
     for s, qs in evals.items():
-        results[s] = {
-            "files": len(qs),
-            "samples": int(sum(map(len, qs))),
-            "unigram": pooled(unigram_bits(train, qs)),
-            "bigram": pooled(bigram_bits(train, qs)),
-            "lpc": pooled(lpc_bits(w, qs, args.order, args.window, args.sigma_min, args.eps)),
-        }
+        bits = {"unigram": unigram_bits(train, qs), "bigram": bigram_bits(train, qs),
+                "lpc": lpc_bits(w, qs, args.order, args.window, args.sigma_min, args.eps)}
+        results[s] = {"files": len(qs), "samples": int(sum(map(len, qs))),
+                      **{k: pooled(b) for k, b in bits.items()}}
+        pianos = [piano_of(p) for p in split_files(data, s)]
+        if set(pianos) != {"all"}:   # a multi-piano corpus: the same baselines per piano
+            results[s]["per_piano"] = {
+                pi: {"files": pianos.count(pi),
+                     **{k: pooled([b[i] for i in range(len(qs)) if pianos[i] == pi]) for k, b in bits.items()}}
+                for pi in sorted(set(pianos))}
 
-    print(f"Bach piano baselines, bits per sample (8-bit mu-law, 16 kHz); data {data}, "
+    print(f"Baselines, bits per sample (8-bit mu-law, 16 kHz); data {data}, "
           f"train {len(train)} files / {sum(map(len, train)) / 16000 / 3600:.3f} h")
     print()
     print("| model | " + " | ".join(f"{s} bits/sample" for s in evals) + " |")
@@ -166,6 +181,10 @@ def main(argv=None) -> int:
         print(f"| {label} | " + " | ".join(f"{results[s][k]:.3f}" for s in evals) + " |")
     print()
     print("files / samples: " + ", ".join(f"{s} {r['files']} / {r['samples']}" for s, r in results.items()))
+    for s, r in results.items():
+        for pi, v in r.get("per_piano", {}).items():
+            print(f"  {s} {pi}: {v['files']} files, unigram {v['unigram']:.3f}, bigram {v['bigram']:.3f}, "
+                  f"linear predictor {v['lpc']:.3f}")
 
     card = {
         "data": str(data),

@@ -1,10 +1,11 @@
-"""`wavelm bench generate|train|score`: speed on this machine, printed as a small table."""
+"""`wavelm bench generate|train|score|quality`: speed on this machine, and listening proxies."""
 from __future__ import annotations
 
 TARGETS = {
     "generate": "samples/s of cached generation vs naive recompute, state memory",
     "train": "training tokens/s of the presets",
     "score": "samples/s scored",
+    "quality": "listening proxies of generated vs real audio, and bits/sample per split, piano, region",
 }
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from wavelm.cli import UserError
+from wavelm.cli import UserError, check_device
 
 
 def add_arguments(p):
@@ -133,14 +133,13 @@ def run(args) -> int:
     batches = _ints(args.batch, "--batch")
     if not args.seconds > 0 or min(args.naive_samples, args.threads, args.repeat) < 1:
         raise UserError("--seconds must be > 0; --naive-samples, --threads and --repeat >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    check_device(args.device)
     torch.set_num_threads(args.threads)
     model, what = _model(args)
     cfg, sr = model.config, model.config.sample_rate
     context = args.context or cfg.stage_windows[-1] * cfg.hop[-1]
     print(f"wavelm bench generate: {what}")
-    print(f"model: {cfg.arch}, pool {cfg.pool or 'none'}, widths {cfg.stage_dims}, layers {cfg.stage_layers}, "
+    print(f"model: {cfg.arch_name}, pool {cfg.pool or 'none'}, widths {cfg.stage_dims}, layers {cfg.stage_layers}, "
           f"windows {cfg.stage_windows}, {model.num_parameters() / 1e6:.2f} M parameters")
     print(f"machine: {machine()}")
     naive, n_naive = _naive_rate(model, args.naive_samples, context, args.device)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from wavelm.cli import UserError
+from wavelm.cli import UserError, check_device
 from wavelm.commands.bench import cpu_name
 
 
@@ -66,6 +66,7 @@ def run(args) -> int:
 
     from wavelm.score import score
 
+    check_device(args.device)
     model, what = _model(args)
     sr = model.config.sample_rate
     rng = np.random.default_rng(0)
@@ -84,7 +85,7 @@ def run(args) -> int:
     rates = sorted(n / t for t in times)
     med = statistics.median(rates)
     cfg = model.config
-    out = {"model": what, "arch": cfg.arch, "pool": cfg.pool, "parameters": model.num_parameters(),
+    out = {"model": what, "arch": cfg.arch_name, "pool": cfg.pool, "parameters": model.num_parameters(),
            "seconds": n / sr, "chunk_seconds": args.chunk_seconds, "repeat": args.repeat,
            "samples_per_second": med, "samples_per_second_min": rates[0], "samples_per_second_max": rates[-1],
            "real_time_factor": sr / med,
@@ -95,7 +96,7 @@ def run(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     m = out["machine"]
-    print(f"wavelm bench score: {what}, {cfg.arch}, pool {cfg.pool or 'none'}, "
+    print(f"wavelm bench score: {what}, {cfg.arch_name}, pool {cfg.pool or 'none'}, "
           f"{model.num_parameters() / 1e6:.2f} M parameters")
     print(f"machine: {m['gpu'] or m['cpu']} ({m['cpus']} CPUs), {m['threads']} thread(s), torch {m['torch']}")
     print(f"{n / sr:.1f} s of audio x {args.repeat} runs, chunks of {args.chunk_seconds:g} s "

@@ -59,7 +59,7 @@ def bench_preset(name, args, device) -> dict:
         if i >= args.warmup_steps:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"preset": name, "arch": mcfg.arch, "params": net.num_parameters(), "ms": med * 1e3,
+    return {"preset": name, "arch": mcfg.arch_name, "params": net.num_parameters(), "ms": med * 1e3,
             "tok_s": cfg.batch_size * cfg.seq_len / med}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 from wavelm.cli import UserError
 
@@ -27,9 +28,27 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import shutil
+    import tempfile
+
     from wavelm import demo_app
 
     demo_app.offline_env()  # before anything imports gradio
+    # uploads and generated files go to a folder of this run's own, removed when it stops
+    # (unless the user chose GRADIO_TEMP_DIR)
+    own_tmp = None
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        own_tmp = tempfile.mkdtemp(prefix="wavelm-demo-")
+        os.environ["GRADIO_TEMP_DIR"] = own_tmp
+    try:
+        return _serve(args, demo_app)
+    finally:
+        if own_tmp is not None:
+            shutil.rmtree(own_tmp, ignore_errors=True)
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+
+
+def _serve(args, demo_app) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise UserError("the demo needs gradio: pip install 'wavelm[demo]'")
     if not 0 < args.port < 65536:

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from wavelm.cli import UserError
+from wavelm.cli import UserError, check_device
 
-MAX_NUM_SAMPLES = 256
 
 
 def add_arguments(p):
@@ -50,18 +49,16 @@ def add_arguments(p):
 
 def check_args(args):
     """Every check that needs no model, so bad input fails before the model loads."""
-    from wavelm.generate import MAX_SECONDS
+    from wavelm.files import AUDIO_OUT, check_output
+    from wavelm.generate import check_args as check_generation
 
-    if not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
-        raise UserError(f"--seconds must be > 0 and <= {MAX_SECONDS:g}, got {args.seconds:g}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UserError(f"--temperature must be > 0, got {args.temperature:g}")
-    if not (0 < args.top_p <= 1):
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p:g}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if not 1 <= args.num_samples <= MAX_NUM_SAMPLES:
-        raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {args.num_samples}")
+    flags = {"seconds": "--seconds", "batch_size": "--num-samples", "temperature": "--temperature",
+             "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed"}
+    try:
+        check_generation(args.seconds, args.num_samples, args.temperature, args.top_p, args.top_k, args.seed)
+    except ValueError as e:   # name the flag, not the API argument
+        name = str(e).split(" ", 1)[0]
+        raise UserError(f"{flags.get(name, name)} {str(e).split(' ', 1)[1]}") from None
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.prompt_seconds is not None:
@@ -73,17 +70,15 @@ def check_args(args):
         raise UserError("--keep-prompt needs --prompt")
     if Path(args.output).is_dir():
         raise UserError(f"-o {args.output}: is a directory; give a file name such as out.wav")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available")
+    for path in output_paths(args.output, args.num_samples):
+        check_output(path, AUDIO_OUT)                     # before the work, not after it
+    check_device(args.device)
 
 
 def output_paths(output: str, n: int) -> list[Path]:
     p = Path(output)
     if p.suffix == "":
-        p = p.with_suffix(".wav")
+        p = p.with_name(p.name + ".wav")
     return [p] if n == 1 else [p.with_name(f"{p.stem}_{i}{p.suffix}") for i in range(n)]
 
 

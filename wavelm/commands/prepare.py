@@ -9,6 +9,7 @@ import os
 import sys
 
 from wavelm.cli import UserError
+from wavelm.data.folder import SPLITS
 
 
 def add_arguments(p):
@@ -41,6 +42,12 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from wavelm.files import check_output_dir
+
+    check_output_dir(args.out)                        # the cache goes there ...
+    check_output_dir(Path(args.out).absolute().parent)  # ... built beside it, then renamed
     progress = not args.no_progress and sys.stderr.isatty()
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
@@ -65,11 +72,12 @@ def run(args) -> int:
 def summary(cache) -> str:
     m = cache.meta
     h = m["hours"]
+    shown = [k for k in SPLITS if k != "unseen" or m["splits"].get(k)]
     lines = [f"{cache.path}: {'up to date, reused' if cache.reused else 'written'} "
              f"({m['codec']}, {m['sample_rate']} Hz, from {m['source']})",
-             "  files: " + ", ".join(f"{k} {m['splits'].get(k, 0)}" for k in ("train", "val", "test"))
+             "  files: " + ", ".join(f"{k} {m['splits'].get(k, 0)}" for k in shown)
              + f"; skipped {len(m['skipped'])}",
-             "  hours: " + ", ".join(f"{k} {h.get(k, 0):.3f}" for k in ("train", "val", "test"))
+             "  hours: " + ", ".join(f"{k} {h.get(k, 0):.3f}" for k in shown)
              + f"; total {h.get('total', 0):.3f}"]
     for s in m["skipped"][:10]:
         lines.append(f"  skipped {s['path']}: {s['reason']}")

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wavelm.cli import UserError
-
-SPLITS = ("train", "val", "test")
+from wavelm.cli import UserError, check_device
+from wavelm.data.folder import SPLITS
 
 
 def add_arguments(p):
@@ -66,6 +65,12 @@ def run(args) -> int:
         raise UserError(f"--chunk must be >= 1, got {args.chunk}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    from wavelm.files import check_output
+
+    for out in (args.per_sample, args.plot):   # checked before the work, not after it
+        if out:
+            check_output(out)
+    check_device(args.device)
 
     from wavelm.checkpoint import load_model
 
@@ -90,8 +95,8 @@ def run(args) -> int:
             msg = str(e) if str(e).startswith(str(f)) else f"{f}: {e}"
             failed.append({"path": str(f), "error": msg})
             print(f"wavelm score: error: {msg}", file=sys.stderr)
+    _report(args, results, failed, checkpoint)       # results first: a failing plot loses nothing
     _save_outputs(args, results, model.config.sample_rate)
-    _report(args, results, failed, checkpoint)
     return 2 if failed else 0
 
 
@@ -104,9 +109,9 @@ def _run_split(args, model, checkpoint, keep, threads, progress) -> int:
     if not s.files:
         size = f" of {args.chunk} samples" if args.chunk else ""
         raise UserError(f"{args.files[0]}: no file of the {args.split} split holds a whole chunk{size}")
-    _save_outputs(args, s.files, model.config.sample_rate)
     extra = {"split": s.split, "data": s.data, "codec": s.codec, "num_chunks": s.num_chunks}
     _report(args, s.files, [], checkpoint, extra)
+    _save_outputs(args, s.files, model.config.sample_rate)
     return 0
 
 
@@ -169,7 +174,7 @@ def output_paths(out, results) -> list[Path]:
 
 
 def _save_outputs(args, results, sample_rate):
-    from wavelm.checkpoint import atomic_write
+    from wavelm.files import atomic_write
 
     if not results:
         return

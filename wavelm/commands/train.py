@@ -49,7 +49,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads per process (default 1; 0 = torch's default)")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="stop cleanly after M minutes, saving last/")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop cleanly after M minutes, saving last/ (0 = no limit, the default)")
     p.add_argument("--format", choices=("folder", "youtubemix"), help="how to prepare an audio folder")
     p.add_argument("--quantization", choices=("s4", "mulaw"), help="youtubemix format only")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
@@ -85,7 +86,13 @@ def recipe_layers(args) -> list[dict]:
         run = Path(args.out) / "run.json"
         if not run.is_file():
             raise UserError(f"{args.out}: nothing to resume (no run.json); drop --resume to start")
-        layers.append(json.loads(run.read_text()))
+        try:
+            layer = json.loads(run.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{run}: unreadable run file ({e}); start again with --overwrite") from None
+        if not isinstance(layer, dict):
+            raise UserError(f"{run}: not a run file (expected an object of tables)")
+        layers.append(layer)
     if args.config:
         layers.append(_read_toml(args.config))
     flags = {}
@@ -127,7 +134,7 @@ def header(info) -> str:
     pool = f", pool {m.pool}" if m.pool else ""
     procs = info["world_size"]
     return "\n".join([
-        f"model   {m.arch}, {stages}{pool}, window {m.stage_windows}: {info['params'] / 1e6:.2f}M parameters",
+        f"model   {m.arch_name}, {stages}{pool}, window {m.stage_windows}: {info['params'] / 1e6:.2f}M parameters",
         f"data    {d['path']}: train {h.get('train', 0):.3f} h ({info['train_segments']} segments), "
         f"val {h.get('val', 0):.3f} h ({info['val_crops']} fixed crops of {info['val_seq_len']}); "
         f"{d['codec']} @ {info['cache'].sample_rate} Hz",
@@ -140,8 +147,10 @@ def header(info) -> str:
 
 
 def run(args) -> int:
+    from wavelm.files import check_output_dir
     from wavelm.train import TrainingDiverged, configs_from_recipe, train
 
+    check_output_dir(args.out)                  # before any data is prepared
     recipe = merge(recipe_layers(args))
     model_cfg, cfg, data_cfg = configs_from_recipe(recipe)
     if not data_cfg.path:

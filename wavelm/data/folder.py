@@ -16,7 +16,8 @@ It is built in a temp directory next to `out` and renamed into place, so the fin
 ever holds a complete cache. Re-running with the same files (paths, sizes, mtimes) and settings
 returns the existing cache at once (`cache.reused` is True).
 
-Splits. If `root` has any top-level folder named train/, val/ (or validation/, valid/) or test/,
+Splits. If `root` has any top-level folder named train/, val/ (or validation/, valid/), test/ or
+unseen/ (held-out audio such as a piano never trained on, scored on its own),
 files take the split of the folder they are in (files elsewhere are skipped, and listed).
 Otherwise a seeded shuffle assigns files by the `split` fractions: n_val = floor(n * val),
 n_test = floor(n * test), the rest train, and at least one train file; so a folder of fewer than
@@ -46,9 +47,11 @@ from wavelm.audio import AUDIO_EXTENSIONS, AudioError
 log = logging.getLogger(__name__)
 
 VERSION = 1
-SPLITS = ("train", "val", "test")
+# "unseen": audio held out entirely (e.g. a piano sound never trained on), scored on its own
+SPLITS = ("train", "val", "test", "unseen")
 CODECS = ("mulaw", "mulaw-s4")
-_SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
+               "unseen": "unseen"}
 _CACHE_FILES = ("tokens.bin", "offsets.npy", "meta.json")
 
 
@@ -208,9 +211,10 @@ def write_cache(out, entries: Iterable, sample_rate: int, codec: str, source,
             fh.flush()
             os.fsync(fh.fileno())
         np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        splits = {s: sum(f["split"] == s for f in files) for s in SPLITS}
+        used = [s for s in SPLITS if s != "unseen" or any(f["split"] == s for f in files)]
+        splits = {s: sum(f["split"] == s for f in files) for s in used}
         hours = {s: sum(f["num_samples"] for f in files if f["split"] == s) / sample_rate / 3600
-                 for s in SPLITS}
+                 for s in used}
         hours["total"] = sum(hours.values())
         meta = {"version": VERSION, "sample_rate": int(sample_rate), "codec": codec,
                 "source": str(Path(source).resolve()), "files": files,
@@ -523,7 +527,7 @@ def prepare_folder(root, out, sample_rate: int = 16000, split=(0.9, 0.05, 0.05),
     for rel, path, size, mtime in found:
         s = _subfolder_split(rel) if by_folder else None
         if by_folder and s is None:
-            skipped.append({"path": rel, "reason": "not under a train/, val/ or test/ folder",
+            skipped.append({"path": rel, "reason": "not under a train/, val/, test/ or unseen/ folder",
                             "size": size, "mtime": mtime})
             continue
         splits[rel] = s

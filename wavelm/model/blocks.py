@@ -89,22 +89,25 @@ class ConvBlock(nn.Module):
         return self.mix.dw.lookback()
 
 
-def make_blocks(cfg, dim, n_layers, window) -> list[nn.Module]:
+def make_blocks(cfg, dim, n_layers, window, arch=None) -> list[nn.Module]:
+    """The blocks of one stage; `arch` (default cfg.arch) is the stage's block kind."""
+    arch = arch or cfg.arch
     heads = dim // cfg.head_dim
-    if cfg.arch == "transformer":
+    if arch == "transformer":
         return [TransformerBlock(dim, heads, window, cfg) for _ in range(n_layers)]
-    if cfg.arch == "cat":
+    if arch == "cat":
         return [TransformerBlock(dim, heads, window, cfg, cat_kernel=cfg.cat_kernel) for _ in range(n_layers)]
-    if cfg.arch == "conformer_llm":
+    if arch == "conformer_llm":
         # conv modules sit *between* decoder layers: after every layer but the last
         return [TransformerBlock(dim, heads, window, cfg, llm_conv=cfg.llm_conv if i < n_layers - 1 else None)
                 for i in range(n_layers)]
-    if cfg.arch == "conformer":
+    if arch == "conformer":
         return [ConformerBlock(dim, heads, window, cfg) for _ in range(n_layers)]
-    if cfg.arch == "conv":
-        # dilations 1, 2, 4, ... restart every 10 layers (WaveNet-style cycles)
-        return [ConvBlock(dim, 2 ** (i % 10), cfg) for i in range(n_layers)]
-    raise ValueError(f"unknown arch {cfg.arch!r}")
+    if arch == "conv":
+        # dilations 1, 2, 4, ... restart every 10 layers (WaveNet-style cycles) unless
+        # cfg.conv_dilations gives the cycle
+        return [ConvBlock(dim, cfg.dilation(i), cfg) for i in range(n_layers)]
+    raise ValueError(f"unknown arch {arch!r}")
 
 
 __all__ = ["TransformerBlock", "ConformerBlock", "ConvBlock", "make_blocks", "CausalConv"]

@@ -16,6 +16,27 @@ from dataclasses import dataclass, field
 
 ARCHS = ("transformer", "conformer_llm", "conformer", "cat", "conv")
 
+# every number a config may hold, with its range: a config file (a checkpoint's, a recipe's) is
+# checked field by field, so a bad one fails with the field's name before anything is allocated
+INTS = {"d_model": (1, 8192), "n_layers": (1, 256), "n_heads": (1, 256), "attn_window": (1, 1 << 17),
+        "conv_kernel": (1, 1024), "cat_kernel": (1, 1024), "expand": (1, 16), "vocab_size": (2, 1 << 16),
+        "sample_rate": (1000, 384000)}
+FLOATS = {"ffn_mult": (1e-3, 64.0), "dropout": (0.0, 0.99), "rope_base": (1.0, 1e12)}
+INT_LISTS = {"pool": (2, 1024), "stage_layers": (0, 256), "stage_dims": (1, 8192),
+             "stage_windows": (1, 1 << 17), "conv_dilations": (1, 1 << 17)}
+MAX_STAGES = 8
+
+
+def _int(name, v, lo, hi):
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be from {lo} to {hi}, got {v}")
+    return v
+
 
 @dataclass
 class ModelConfig:
@@ -33,6 +54,8 @@ class ModelConfig:
     stage_layers: list[int] | None = None
     stage_dims: list[int] | None = None
     stage_windows: list[int] | None = None
+    stage_archs: list[str] | None = None     # per-stage block kind, e.g. ["conv", "conv", "conformer"]
+    conv_dilations: list[int] | None = None  # conv arch: dilation cycle (default 1, 2, 4, ..., 512)
     vocab_size: int = 256
     sample_rate: int = 16000
     codec: str = "mulaw"
@@ -40,13 +63,29 @@ class ModelConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self):
+        for name, (lo, hi) in INTS.items():
+            setattr(self, name, _int(name, getattr(self, name), lo, hi))
+        for name, (lo, hi) in FLOATS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {v!r}")
+            setattr(self, name, float(v))
+        for name, (lo, hi) in INT_LISTS.items():
+            v = getattr(self, name)
+            if v is None and name != "pool":
+                continue
+            if not isinstance(v, (list, tuple)) or len(v) > 1 << 10:
+                raise ValueError(f"{name} must be a list of integers, got {v!r}")
+            setattr(self, name, [_int(f"{name} entry", x, lo, hi) for x in v])
+        if len(self.pool) + 1 > MAX_STAGES:
+            raise ValueError(f"at most {MAX_STAGES - 1} pooling levels, got pool {self.pool}")
+        for name in ("arch", "llm_conv", "codec"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.llm_conv not in ("small", "large"):
             raise ValueError(f"llm_conv must be 'small' or 'large', got {self.llm_conv!r}")
-        self.pool = [int(p) for p in self.pool]
-        if any(p < 2 for p in self.pool):
-            raise ValueError(f"pooling factors must be >= 2, got {self.pool}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         n = len(self.pool) + 1
@@ -56,8 +95,20 @@ class ModelConfig:
             self.stage_dims = [self.d_model * self.expand**i for i in range(n)]
         if self.stage_windows is None:
             self.stage_windows = [self.attn_window] * n
+        if self.stage_archs is None:
+            self.stage_archs = [self.arch] * n
+        if not isinstance(self.stage_archs, (list, tuple)) or not all(isinstance(a, str) for a in self.stage_archs):
+            raise ValueError(f"stage_archs must be a list of arch names, got {self.stage_archs!r}")
+        self.stage_archs = list(self.stage_archs)
+        if len(self.stage_archs) != n:
+            raise ValueError(f"stage_archs needs {n} entries (len(pool) + 1), got {self.stage_archs}")
+        for a in self.stage_archs:
+            if a not in ARCHS:
+                raise ValueError(f"unknown arch {a!r} in stage_archs; choose from {', '.join(ARCHS)}")
+        if self.conv_dilations is not None and not self.conv_dilations:
+            raise ValueError("conv_dilations must be a non-empty list (or null for the default cycle)")
         for name in ("stage_layers", "stage_dims", "stage_windows"):
-            v = [int(x) for x in getattr(self, name)]
+            v = [_int(f"{name} entry", x, *INT_LISTS[name]) for x in getattr(self, name)]
             if len(v) != n:
                 raise ValueError(f"{name} needs {n} entries (len(pool) + 1), got {v}")
             setattr(self, name, v)
@@ -80,8 +131,20 @@ class ModelConfig:
 
     @property
     def context_seconds(self) -> float:
-        """Attention span of the innermost stage, in seconds of audio."""
-        return self.stage_windows[-1] * self.hop[-1] / self.sample_rate
+        """Attention span of the innermost stage with attention, in seconds of audio (0 if none)."""
+        spans = [w * h for w, h, a in zip(self.stage_windows, self.hop, self.stage_archs) if a != "conv"]
+        return max(spans, default=0) / self.sample_rate
+
+    @property
+    def arch_name(self) -> str:
+        """`arch`, or the per-stage kinds joined by '/' for a mixed stack (conv/conv/conformer)."""
+        return self.arch if len(set(self.stage_archs)) == 1 and self.stage_archs[0] == self.arch \
+            else "/".join(self.stage_archs)
+
+    def dilation(self, layer: int) -> int:
+        """Dilation of the conv arch's `layer`-th block in a stage (the cycle repeats)."""
+        cycle = self.conv_dilations or [2 ** i for i in range(10)]
+        return cycle[layer % len(cycle)]
 
     # -- presets and (de)serialisation ----------------------------------------------------
     @classmethod
@@ -93,9 +156,9 @@ class ModelConfig:
         if bad:
             raise ValueError(f"unknown ModelConfig field(s): {', '.join(bad)}")
         kw = dict(PRESETS[name])
-        if any(k in overrides for k in ("pool", "n_layers", "d_model", "attn_window", "expand")):
+        if any(k in overrides for k in ("pool", "n_layers", "d_model", "attn_window", "expand", "arch")):
             # scalar overrides re-derive the per-stage lists unless those are overridden too
-            for k in ("stage_layers", "stage_dims", "stage_windows"):
+            for k in ("stage_layers", "stage_dims", "stage_windows", "stage_archs"):
                 kw.pop(k, None)
         kw.update(overrides)
         return cls(**kw)
@@ -125,6 +188,11 @@ PRESETS: dict[str, dict] = {
                   stage_dims=[48, 96, 192], stage_windows=[32, 128, 1024]),
     "base": dict(d_model=64, n_heads=2, ffn_mult=2.0, pool=[4, 4], stage_layers=[2, 2, 4],
                  stage_dims=[64, 128, 256], stage_windows=[64, 256, 1024]),
+    # the bundled model's shape: cheap gated convs at 16 kHz, 4 kHz and 1 kHz, Conformer blocks
+    # (attention + conv module) at 250 Hz, where a 512-step window reaches 2.05 s
+    "piano": dict(arch="conformer", stage_archs=["conv", "conv", "conv", "conformer"], d_model=64, n_heads=2,
+                  ffn_mult=2.0, conv_kernel=5, pool=[4, 4, 4], stage_layers=[2, 2, 2, 3],
+                  stage_dims=[64, 96, 128, 256], stage_windows=[32, 128, 256, 512]),
     # flat twins with about the same parameter count (every layer at the sample rate), for the
     # multi-rate comparison; their 1,024-sample window is 0.064 s of audio
     "small-flat": dict(d_model=192, n_heads=6, ffn_mult=2.0, n_layers=4, attn_window=1024),

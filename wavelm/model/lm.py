@@ -78,7 +78,7 @@ class Stage(nn.Module):
     def __init__(self, cfg: ModelConfig, i: int = 0):
         super().__init__()
         dim, n = cfg.stage_dims[i], cfg.stage_layers[i]
-        blocks = make_blocks(cfg, dim, n, cfg.stage_windows[i])
+        blocks = make_blocks(cfg, dim, n, cfg.stage_windows[i], cfg.stage_archs[i])
         inner = i < len(cfg.pool)
         split = n // 2 if inner else n
         self.pre = nn.ModuleList(blocks[:split])

@@ -1,0 +1,105 @@
+"""`wavelm bench quality`: listening proxies of a model beside real audio (see wavelm/quality.py)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from wavelm.cli import UserError
+
+
+def add_arguments(p):
+    p.add_argument("--checkpoint", metavar="DIR", default=None, help="model directory (default: the bundled model)")
+    p.add_argument("--data", metavar="DIR", default="data/piano",
+                   help="a rendered folder (DIR/<split>/*.wav) or a token cache (default data/piano)")
+    p.add_argument("--split", default="test", help="split scored and excerpted (default test)")
+    p.add_argument("--unseen", default="unseen", help="held-out split scored too, if present (default unseen; '' for none)")
+    p.add_argument("--clips", type=int, default=3, metavar="K", help="clips generated, excerpts and continuations (default 3)")
+    p.add_argument("--seconds", type=float, default=30.0, metavar="S", help="length of clips and excerpts (default 30)")
+    p.add_argument("--prompt-seconds", type=float, default=1.5, metavar="P",
+                   help="prompt before each continuation's mid-note cut (default 1.5)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-files", type=int, default=None, metavar="N",
+                   help="score N files spread over each split instead of all")
+    p.add_argument("--json", metavar="OUT.json", default=None, help="write the whole report here")
+    p.add_argument("--plot", metavar="OUT.png", default=None, help="mel spectrograms: real above, generated below")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+
+
+def run(args) -> int:
+    from wavelm.files import check_output
+
+    if args.clips < 1 or args.seconds <= 0 or args.prompt_seconds <= 0 or args.threads < 1:
+        raise UserError("--clips and --threads must be >= 1; --seconds and --prompt-seconds > 0")
+    if args.max_files is not None and args.max_files < 1:
+        raise UserError(f"--max-files must be >= 1, got {args.max_files}")
+    for path, exts in ((args.json, (".json",)), (args.plot, (".png",))):
+        if path:
+            check_output(path, exts)
+    try:
+        from wavelm import quality
+        quality._librosa()
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    import torch
+
+    from wavelm.checkpoint import load_model
+
+    torch.set_num_threads(args.threads)
+    try:
+        model = load_model(args.checkpoint)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        rep = quality.evaluate(model, args.data, split=args.split, unseen=args.unseen or None, clips=args.clips,
+                               seconds=args.seconds, prompt_seconds=args.prompt_seconds,
+                               temperature=args.temperature, top_p=args.top_p, max_files=args.max_files,
+                               progress=sys.stderr.isatty())
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    rep["checkpoint"] = str(model.checkpoint_path)
+    print(table(rep))
+    if args.plot:
+        quality.plot(rep, args.plot, model.config.sample_rate, title=f"{model.checkpoint_path}: real (top) vs generated")
+        print(f"wrote {args.plot}")
+    if args.json:
+        from wavelm.files import atomic_write_text
+
+        out = {k: v for k, v in rep.items() if not k.startswith("_")}
+        atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def table(rep: dict) -> str:
+    s = rep["summary"]
+    rows = [("loudest / quietest second", "loudness_ratio", "{:.1f}x"), ("onsets per second", "onsets_per_s", "{:.2f}"),
+            ("harmonic share (HPSS)", "harmonic_share", "{:.3f}"), ("chroma top-7 share", "chroma_top7", "{:.3f}"),
+            ("median spectral flatness", "flatness", "{:.2e}"), ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
+            ("model's bits/sample on the clip", "model_bits", "{:.3f}")]
+    lines = [f"{rep['clips']} clips x {rep['seconds']:g} s, temperature {rep['temperature']:g}, top-p {rep['top_p']:g} "
+             "(medians over clips)",
+             f"{'measure':34s} {'real':>10s} {'generated':>10s}"]
+    for label, k, fmt in rows:
+        lines.append(f"{label:34s} {fmt.format(s['real'][k]):>10s} {fmt.format(s['generated'][k]):>10s}")
+    for side in ("real", "generated"):
+        for m in rep[side]:
+            tag = f"seed {m['seed']}" if side == "generated" else m["name"]
+            lines.append(f"  pitches, {side} {tag}: {' '.join(m['pitches'])}")
+    lines.append(f"strongest pitches differ between seeds: {s['generated_pitches_differ']}")
+    if "continuation" in s:
+        c = s["continuation"]
+        lines.append(f"continuations ({len(rep['continuations'])}, first 1 s after a mid-note cut): flatness "
+                     f"{c['flatness_ratio']:.1f}x the real one's, harmonic share {c['harmonic_gap']:+.3f} below it")
+        for x in rep["continuations"]:
+            g = " ".join(f"{w['flatness']:.0e}" for w in x["generated"])
+            r = " ".join(f"{w['flatness']:.0e}" for w in x["real"])
+            lines.append(f"  {x['name']} @ {x['cut_s']:.2f} s, flatness per 0.25 s: generated {g} | real {r}")
+    for split, sc in rep["score"].items():
+        lines.append(f"bits/sample on {split}: {sc['bits_per_sample']:.4f} pooled over {sc['files']} files "
+                     f"({sc['samples'] / 16000 / 3600:.3f} h), files {sc['file_min']:.3f}..{sc['file_max']:.3f}")
+        if len(sc["per_piano"]) > 1 or "all" not in sc["per_piano"]:
+            lines.append("  per piano: " + ", ".join(f"{k} {v:.3f}" for k, v in sc["per_piano"].items()))
+        lines.append("  where: " + ", ".join(f"{k} {v['bits_per_sample']:.3f} ({v['share']:.0%} of samples)"
+                                            for k, v in sc["regions"].items()))
+    return "\n".join(lines)
