@@ -1,4 +1,4 @@
-"""The streaming invariants of DESIGN.md, in float64, for every arch, flat and pooled."""
+"""The streaming invariants of docs/design.md, in float64, for every arch, flat and pooled, and the mixed stacks."""
 import pytest
 import torch
 

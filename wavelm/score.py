@@ -3,7 +3,7 @@
     res = wavelm.score(model, "piano.wav")          # or a float waveform at the model's rate
     res.bits_per_sample, res.total_bits, res.nll_bits   # nll_bits: float32 (N,)
 
-Convention (DESIGN.md): tokens = mulaw_encode(audio); the first input is token 128 (mu-law
+Convention (docs/design.md): tokens = mulaw_encode(audio); the first input is token 128 (mu-law
 zero) and input t is sample t-1; the NLL of sample t is CE(logits_t, token_t) / ln 2 bits.
 
 Long inputs are scored in chunks of `chunk_seconds` with the streaming state carried from chunk
@@ -182,7 +182,7 @@ def score(model, audio, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, sample_rat
     resampled with soxr HQ if it differs), or a path to an audio file (decoded at the model's
     rate in bounded memory; `sample_rate` must then be None). `chunk_seconds` bounds memory and
     does not change the result. `threads`: torch threads while scoring, restored afterwards
-    (default 1: on small CPUs the OpenMP hand-off costs more than it gains, see NOTES.md;
+    (default 1: on small CPUs the OpenMP hand-off costs more than it gains, see docs/design.md;
     None leaves torch's setting).
     Raises ValueError (AudioError for files) naming the input when it holds no samples, NaN
     or inf, or cannot be read.

@@ -81,7 +81,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"         # auto | cpu | cuda
-    threads: int = 1             # CPU threads per process; 0 = torch's default (see NOTES.md)
+    threads: int = 1             # CPU threads per process; 0 = torch's default (see docs/design.md)
     amp: bool = True             # bf16 autocast on CUDA
     compile: bool = False        # torch.compile the training forward
     max_minutes: float = 0.0     # time budget of this invocation; 0 = none

@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see NOTES.md)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see docs/design.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model first")
 
 

@@ -338,7 +338,7 @@ def encode_stream(src, dst, sample_rate: int = 16000, block_seconds: float = 30.
 
 
 def _worker_init():
-    import torch  # one thread a worker: the processes are the parallelism (see NOTES.md)
+    import torch  # one thread a worker: the processes are the parallelism (see docs/design.md)
 
     torch.set_num_threads(1)
 

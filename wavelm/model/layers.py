@@ -157,7 +157,7 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x):
-        # SiLU, not GELU: same quality here and far cheaper per call on CPU (see NOTES.md)
+        # SiLU, not GELU: same quality here and far cheaper per call on CPU (see docs/design.md)
         return F.dropout(self.down(F.silu(self.up(self.norm(x)))), self.dropout, self.training)
 
 
