@@ -1,25 +1,26 @@
-"""Train several recipes on the same data for the same budget; print val/test bits per sample.
+"""Which block wins? Train configs for an equal number of steps over several seeds; one table.
 
-    .venv/bin/python recipes/compare.py --data data/bach_cache \\
-        --configs recipes/bach_piano/compare/*.toml --max-minutes 6 --out runs/compare/bach
-    .venv/bin/python recipes/compare.py --data data/ytm_cache --full-eval --out runs/compare/ytm \\
-        --configs recipes/youtubemix/{transformer,conformer_llm,conformer,cat}.toml
+    .venv/bin/python recipes/compare.py --data runs/piano/cache --configs recipes/piano/study/*.toml \\
+        --steps 1200 --seeds 0,1 --best-seeds 3 --out runs/study
+    .venv/bin/python recipes/compare.py --out runs/study --table              # the table again
+    .venv/bin/python recipes/compare.py --out runs/study --plot docs/study_val.png
 
-Every config trains with the same data, seed, batch, seq_len and time budget (flags override
-the recipes; the run refuses configs that still disagree). Steps: `--steps N`; else, with
-`--max-minutes`, estimated from a few timed training steps so that the cosine schedule ends
-when the budget does; else the recipes' own (which must agree). Validation runs once, at the
-end (`--eval-every` to change), and the best checkpoint is scored on the same fixed crops for
-every config: `--eval-crops` crops of `--eval-seq-len` samples spread evenly over the val and
-the test split (wavelm.train.val_crops; the val number is the trainer's own, on exactly those
-crops). `--full-eval` (youtubemix format) adds the paper's metric: every 131072-sample chunk of
-val and test scored on its own (wavelm.score.score_split over wavelm.data.youtubemix.YouTubeMix
-chunks when the audio folder is there, else the cache's chunks, which hold the same tokens).
+Every (config, seed) run trains the same number of steps with the same batch, crop length,
+schedule and data order (the crop sampler is seeded by the run's seed, so seed k draws the same
+crops for every config): load on the machine changes how long a run takes, never what it
+learns. Flags override the recipes' [train] tables; the study refuses configs that still
+disagree on batch, crop length, steps, warm-up or lr.
 
-Each config trains in its own spawned process (memory goes back between configs) into
-OUT/<config name>/, which gets result.json when done; a re-run skips configs already done with
-the same settings, and starts interrupted ones again (a time budget cannot be resumed fairly).
-OUT/results.json holds every result and the machine; the table is printed at the end.
+Resumable: each run lives in OUT/<config>/seed<k>/. A finished run has its line in
+OUT/results.jsonl and is never redone; a run that was killed continues from its last/
+checkpoint (the trainer's exact resume); `--max-runs N` trains at most N runs and stops, so a
+study can be spread over sessions. After the `--seeds` of every config, the two configs with
+the lowest mean validation bits get seeds up to `--best-seeds`.
+
+Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
+state (`--eval-max-files` for a quick look). The validation curve (the trainer's fixed crops,
+every `--eval-every` steps) gives the plot of val bits vs tokens. `--bench` measures, one config
+at a time on this machine, training tokens/s and fast-decoder samples/s at batch 1 (medians).
 """
 from __future__ import annotations
 
@@ -38,49 +39,30 @@ from pathlib import Path
 
 log = logging.getLogger("compare")
 
-# flag -> [train] field, applied to every config when given
-OVERRIDES = ("batch_size", "seq_len", "lr", "warmup", "seed", "threads", "device")
-SHARED = ("batch_size", "seq_len", "accum", "seed", "threads", "device", "max_minutes")
+OVERRIDES = ("batch_size", "seq_len", "lr", "warmup", "threads", "device")
+SHARED = ("steps", "batch_size", "seq_len", "accum", "lr", "warmup", "threads", "device")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="token cache or audio folder")
-    p.add_argument("--format", choices=("folder", "youtubemix"), default=None,
-                   help="how to prepare an audio folder (default: the recipes' [data] format)")
-    p.add_argument("--quantization", choices=("s4", "mulaw"), default=None, help="youtubemix only")
-    p.add_argument("--configs", nargs="+", required=True, metavar="TOML")
-    p.add_argument("--out", required=True, help="output dir: one run dir per config + results.json")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="training budget per config")
-    p.add_argument("--steps", type=int, help="steps of the schedule (default: fit to --max-minutes, "
-                   "else the recipes' own)")
-    p.add_argument("--eval-every", type=int, help="validate every N steps (default: at the end only)")
-    p.add_argument("--eval-crops", type=int, default=64, help="fixed crops per split")
-    p.add_argument("--eval-seq-len", type=int, default=8192, help="samples per eval crop")
-    p.add_argument("--full-eval", action="store_true", help="youtubemix: also score every chunk")
-    p.add_argument("--timing-steps", type=int, default=3, help="timed steps for the step estimate")
+    p.add_argument("--out", required=True, help="study folder: a run folder per config and seed, results.jsonl")
+    p.add_argument("--data", help="token cache or audio folder (prepared once into OUT/cache)")
+    p.add_argument("--configs", nargs="+", metavar="TOML")
+    p.add_argument("--steps", type=int, help="steps of every run (required to train)")
+    p.add_argument("--seeds", default="0,1", help="seeds of every config (default 0,1)")
+    p.add_argument("--best-seeds", type=int, default=3, help="seeds of the best two configs (default 3)")
+    p.add_argument("--eval-every", type=int, default=None, help="validation crops every N steps (default steps/10)")
+    p.add_argument("--eval-crops", type=int, default=32, help="fixed validation crops for the curve")
+    p.add_argument("--eval-max-files", type=int, default=None, help="score N files per split, not all")
+    p.add_argument("--max-runs", type=int, default=None, help="train at most N runs now, then stop")
+    p.add_argument("--bench", action="store_true", help="also measure training tokens/s and decoding samples/s")
+    p.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
+    p.add_argument("--plot", metavar="PNG", help="plot val bits vs tokens (mean over seeds) and stop")
     for k in OVERRIDES:
-        p.add_argument(f"--{k.replace('_', '-')}", type=str if k == "device" else
-                       float if k == "lr" else int, default=None, help="override for every config")
-    p.add_argument("--force", action="store_true", help="train again configs already done")
+        p.add_argument(f"--{k.replace('_', '-')}", type=str if k == "device" else float if k == "lr" else int,
+                       default=None, help="override for every config")
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------- settings
-
-def load_recipe(path: Path, args, data_cfg: dict) -> dict:
-    """The recipe of one config with the shared settings laid over it."""
-    try:
-        with open(path, "rb") as f:
-            r = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        die(f"{path}: {e}")
-    r["data"] = dict(r.get("data", {}), **data_cfg)
-    t = r.setdefault("train", {})
-    t.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
-    t.update(max_minutes=args.max_minutes, val_crops=args.eval_crops, val_seq_len=args.eval_seq_len)
-    return r
 
 
 def die(msg: str):
@@ -88,8 +70,47 @@ def die(msg: str):
     sys.exit(2)
 
 
-def check_shared(recipes: dict[str, dict], shared=SHARED):
-    """Every config must train with the same batch, crop length, seed, threads and device."""
+# ----------------------------------------------------------------------------- results file
+
+def read_results(out: Path) -> list[dict]:
+    p = out / "results.jsonl"
+    if not p.is_file():
+        return []
+    rows = []
+    for i, ln in enumerate(p.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError:
+            die(f"{p}:{i}: not a JSON line (edit or remove it)")
+    return rows
+
+
+def append_result(out: Path, row: dict):
+    """Rewrite results.jsonl with one more line, atomically."""
+    from wavelm.files import atomic_write_text
+
+    rows = [r for r in read_results(out) if not (r["kind"] == row["kind"] and r.get("run") == row.get("run")
+                                                 and r.get("config") == row.get("config"))]
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows + [row]))
+
+
+# ----------------------------------------------------------------------------- settings
+
+def load_recipe(path: Path, args, data_path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            r = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        die(f"{path}: {e}")
+    r["data"] = dict(r.get("data", {}), path=data_path)
+    t = r.setdefault("train", {})
+    t.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
+    t.update(steps=args.steps, val_crops=args.eval_crops, eval_every=args.eval_every or max(1, args.steps // 10),
+             max_minutes=0.0)
+    return r
+
+
+def check_shared(recipes: dict[str, dict]):
     from wavelm.train import configs_from_recipe
 
     seen = {}
@@ -98,150 +119,182 @@ def check_shared(recipes: dict[str, dict], shared=SHARED):
             cfg = configs_from_recipe(r)[1]
         except ValueError as e:
             die(f"{name}: {e}")
-        seen[name] = tuple(getattr(cfg, k) for k in shared)
+        seen[name] = tuple(getattr(cfg, k) for k in SHARED)
     if len(set(seen.values())) > 1:
-        rows = "; ".join(f"{n}: {dict(zip(shared, v))}" for n, v in seen.items())
-        die(f"the configs disagree on shared settings ({rows}); set them with flags, "
-            "e.g. --batch-size 2 --seq-len 8192")
+        rows = "; ".join(f"{n}: {dict(zip(SHARED, v))}" for n, v in seen.items())
+        die(f"the configs disagree on shared settings ({rows}); set them with flags, e.g. --batch-size 2")
 
 
-def machine() -> dict:
-    import torch
+def machine() -> str:
+    from wavelm.commands.bench import machine as m
 
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return m() + f", {platform.python_version()}"
 
 
-# ----------------------------------------------------------------------------- one config
+# ----------------------------------------------------------------------------- one run
 
-def time_steps(model_cfg, cfg, cache, device, n: int, cap_s: float) -> float:
-    """Median seconds per optimizer step over `n` steps after a warm-up one (fewer if slow)."""
-    import torch
-
-    from wavelm.model.lm import WaveLM
-    from wavelm.train import CropSampler, _segments, forward_backward, make_optimizer
-
-    torch.manual_seed(cfg.seed)
-    net = WaveLM(model_cfg).to(device)
-    opt, _ = make_optimizer(net, cfg, device)
-    sampler = CropSampler(_segments(cache, "train"), cfg.seq_len, cfg.seed)
-    times, t_all = [], time.perf_counter()
-    for k in range(n + 1):
-        t0 = time.perf_counter()
-        loss, gnorm = forward_backward(net, [sampler.batch(k, m, cfg.batch_size) for m in range(cfg.accum)],
-                                       cfg, device)
-        loss.item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - t_all > cap_s:
-            break
-    return statistics.median(times[1:] or times)
-
-
-def harmonic_tokens_per_s(run: Path) -> float | None:
-    """The run's training throughput: harmonic mean of the logged windows (equal-sized windows,
-    so this is tokens / time over them)."""
-    rates = []
+def curve(run: Path, tokens_per_step: int) -> list[list[float]]:
+    out = []
     for ln in (run / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(ln)
-        if rec.get("event") == "train" and rec.get("tokens_per_s"):
-            rates.append(rec["tokens_per_s"])
+        if rec.get("event") == "val":
+            out.append([rec["step"] * tokens_per_step, rec["val_bits"]])
+    return out
+
+
+def throughput(run: Path) -> float | None:
+    rates = [json.loads(ln).get("tokens_per_s") for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r for r in rates if r]
     return len(rates) / sum(1 / r for r in rates) if rates else None
 
 
-def run_one(name: str, recipe: dict, cache_path: str, run: str, args_d: dict, key: str):
-    """In a spawned process: time, train, score; writes RUN/result.json."""
-    import torch
+def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
+    from wavelm.score import _Stream
+    from wavelm.model.lm import inference
 
+    files = cache.files(split)
+    if max_files:
+        files = files[:: max(1, len(files) // max_files)][:max_files]
+    total = count = 0
+    with inference(model, 1):
+        for f in files:
+            s = _Stream(model, keep_per_sample=False)
+            t = cache.tokens(f["index"])
+            for i in range(0, len(t), 32768):
+                s.feed(t[i:i + 32768])
+            total, count = total + s.total_bits, count + s.n
+    return total / count if count else None
+
+
+def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str,
+            max_files: int | None):
+    """In a spawned process: train (or resume) one run, score it, append its result line."""
     from wavelm.checkpoint import load_model
     from wavelm.data.folder import TokenCache
-    from wavelm.train import Dist, _device, _segments, configs_from_recipe, evaluate, train, val_crops
+    from wavelm.train import configs_from_recipe, train
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {config}/seed{seed}: %(message)s", datefmt="%H:%M:%S")
     run = Path(run)
+    recipe = json.loads(json.dumps(recipe))
+    recipe["train"]["seed"] = seed
     model_cfg, cfg, data_cfg = configs_from_recipe(recipe)
-    cache = TokenCache(cache_path)
-    device = _device(cfg, 0, 1)
-    if device.type == "cpu" and cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    step_s = None
-    if args_d["steps"] is not None:
-        cfg.steps = args_d["steps"]
-    elif cfg.max_minutes > 0:
-        budget = cfg.max_minutes * 60
-        step_s = time_steps(model_cfg, cfg, cache, device, args_d["timing_steps"], cap_s=max(10.0, 0.05 * budget))
-        cfg.steps = max(1, int((budget - 5) / step_s))  # ~5 s of setup inside the budget
-        log.info("%.2f s/step -> %d steps in %g min", step_s, cfg.steps, cfg.max_minutes)
-    cfg.eval_every = args_d["eval_every"] or cfg.steps
-    if cfg.warmup >= cfg.steps:
-        log.warning("warm-up (%d) >= steps (%d): the learning rate never reaches its peak", cfg.warmup, cfg.steps)
-    load0 = os.getloadavg()[0]
-    res = train(cfg, model_cfg, cache_path, run, data_cfg=data_cfg, overwrite=True, progress=False,
-                on_start=lambda info: log.info("%s %s: %.3fM parameters, %d steps of %d tokens", model_cfg.arch,
-                                               model_cfg.pool or "flat", info["params"] / 1e6, cfg.steps,
-                                               info["tokens_per_step"]))
-    t_train = res["elapsed_s"]
-    load1 = os.getloadavg()[0]
-
+    resume = (run / "last").is_dir()
+    if resume:
+        log.info("resuming from %s", run / "last")
     t0 = time.monotonic()
-    net = load_model(run / "best", map_location=device).eval()
-    test = val_crops(_segments(cache, "test"), args_d["eval_seq_len"], args_d["eval_crops"])
-    test_bits = evaluate(net, test, cfg, args_d["eval_seq_len"], device, Dist()) if test else None
-    full = {}
-    if args_d["full_eval"]:
-        from wavelm.score import score_split
-
-        src = Path(cache.source)
-        data = src if src.is_dir() else cache.path  # YouTubeMix chunks from the audio when it is there
-        for split in ("val", "test"):
-            s = score_split(net, data, split, quantization=data_cfg.quantization or None)
-            full[split] = {"bits": s.bits_per_sample, "chunks": s.num_chunks, "samples": s.num_samples}
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.accum
-    out = {"name": name, "key": key, "arch": model_cfg.arch, "pool": model_cfg.pool,
-           "stage_layers": model_cfg.stage_layers, "stage_dims": model_cfg.stage_dims,
-           "params": res["params"], "steps_planned": cfg.steps, "steps": res["step"],
-           "stopped": res["stopped"], "tokens_seen": res["step"] * tokens_per_step,
-           "tokens_per_s": harmonic_tokens_per_s(run), "timed_s_per_step": step_s,
-           "train_minutes": t_train / 60, "val_bits": res["best_val_bits"], "best_step": res["best_step"],
-           "test_bits": test_bits, "eval_crops": args_d["eval_crops"], "eval_seq_len": args_d["eval_seq_len"],
-           "full_eval": full or None, "eval_minutes": (time.monotonic() - t0) / 60,
-           "loadavg_start_end": [load0, load1], "train": cfg.to_dict(), "model": model_cfg.to_dict()}
-    tmp = run / "result.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, run / "result.json")
-    log.info("val %.4f, test %s bits/sample", res["best_val_bits"], f"{test_bits:.4f}" if test_bits else "-")
+    res = train(cfg, model_cfg, cache_path, run, resume=resume, overwrite=not resume, data_cfg=data_cfg,
+                progress=False)
+    cache = TokenCache(cache_path)
+    net = load_model(run / "best").eval()
+    tps = cfg.batch_size * cfg.seq_len * cfg.accum
+    row = {"kind": "run", "config": config, "seed": seed, "run": str(run.relative_to(out)), "key": key,
+           "arch": model_cfg.arch_name, "pool": model_cfg.pool, "params": res["params"], "steps": res["step"],
+           "tokens_seen": res["step"] * tps, "best_step": res["best_step"], "val_crop_bits": res["best_val_bits"],
+           "val_bits": split_bits(net, cache, "val", max_files), "test_bits": split_bits(net, cache, "test", max_files),
+           "eval_files": max_files, "tokens_per_s": throughput(run), "minutes": (time.monotonic() - t0) / 60,
+           "resumed": resume, "curve": curve(run, tps), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    append_result(Path(out), row)
+    log.info("val %.4f, test %.4f bits/sample", row["val_bits"] or float("nan"), row["test_bits"] or float("nan"))
 
 
-# ----------------------------------------------------------------------------- table
+def bench_one(config: str, recipe: dict, out: str):
+    """In a spawned process: training tokens/s (median of 5 steps) and decoding samples/s."""
+    import numpy as np
+    import torch
 
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    from wavelm.generate import start
+    from wavelm.model.lm import WaveLM, inference
+    from wavelm.train import configs_from_recipe, forward_backward, make_optimizer
+
+    model_cfg, cfg, _ = configs_from_recipe(recipe)
+    torch.set_num_threads(cfg.threads or 1)
+    torch.manual_seed(0)
+    net = WaveLM(model_cfg)
+    opt, _ = make_optimizer(net, cfg, "cpu")
+    x = torch.randint(0, 256, (cfg.batch_size, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    times = []
+    for k in range(7):
+        t = time.perf_counter()
+        loss, _ = forward_backward(net, [(x[:, :-1], x[:, 1:])], cfg, torch.device("cpu"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    train_tps = cfg.batch_size * cfg.seq_len / statistics.median(times[2:])
+    rates = []
+    with inference(net, 1):
+        dec = start(net, 1, seed=0)
+        dec.run(2000)
+        for _ in range(3):
+            t = time.perf_counter()
+            dec.run(16000)
+            rates.append(16000 / (time.perf_counter() - t))
+    append_result(Path(out), {"kind": "speed", "config": config, "train_tokens_per_s": train_tps,
+                              "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
+                              "machine": machine(), "loadavg": os.getloadavg()[0]})
 
 
-def table(results: list[dict]) -> str:
-    full = any(r.get("full_eval") for r in results)
-    head = ["config", "arch", "params", "steps done", "tokens seen", "train tok/s", "val bits", "test bits"]
-    if full:
-        head += ["full val bits", "full test bits"]
+# ----------------------------------------------------------------------------- table and plot
+
+def summarize(rows: list[dict]) -> list[dict]:
+    by = {}
+    for r in rows:
+        if r["kind"] == "run":
+            by.setdefault(r["config"], []).append(r)
+    speed = {r["config"]: r for r in rows if r["kind"] == "speed"}
+    out = []
+    for name, rs in by.items():
+        def stats(k):
+            v = [r[k] for r in rs if r.get(k) is not None]
+            return (statistics.mean(v), min(v), max(v)) if v else None
+        s = speed.get(name, {})
+        out.append({"config": name, "arch": rs[0]["arch"], "params": rs[0]["params"], "seeds": len(rs),
+                    "tokens": rs[0]["tokens_seen"], "val": stats("val_bits"), "test": stats("test_bits"),
+                    "train_tps": s.get("train_tokens_per_s"), "decode_sps": s.get("decode_samples_per_s")})
+    return sorted(out, key=lambda r: r["val"][0] if r["val"] else 99)
+
+
+def table(rows: list[dict]) -> str:
+    def ms(v):
+        return "-" if v is None else f"{v[0]:.3f} ({v[1]:.3f}..{v[2]:.3f})"
+
+    def n(v, f=",.0f"):
+        return "-" if v is None else format(v, f)
+
+    head = ["config", "blocks", "params", "tokens seen", "seeds", "val bits, mean (min..max)",
+            "test bits, mean (min..max)", "train tok/s", "decode samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        arch = r["arch"] + (f", pool {r['pool']}" if r["pool"] else ", flat")
-        row = [r["name"], arch, f"{r['params'] / 1e6:.2f}M", f"{r['steps']}/{r['steps_planned']}",
-               f"{r['tokens_seen'] / 1e6:.2f}M", fmt(r["tokens_per_s"], ",.0f"),
-               fmt(r["val_bits"], ".3f"), fmt(r["test_bits"], ".3f")]
-        if full:
-            fe = r.get("full_eval") or {}
-            row += [fmt(fe.get(s, {}).get("bits"), ".3f") for s in ("val", "test")]
-        lines.append("| " + " | ".join(row) + " |")
+    for r in summarize(rows):
+        lines.append("| " + " | ".join([r["config"], r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['tokens'] / 1e6:.1f}M",
+                                        str(r["seeds"]), ms(r["val"]), ms(r["test"]), n(r["train_tps"]),
+                                        n(r["decode_sps"])]) + " |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from wavelm.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by = {}
+    for r in rows:
+        if r["kind"] == "run" and r["curve"]:
+            by.setdefault(r["config"], []).append(np.array(r["curve"]))
+    for name, cs in sorted(by.items()):
+        n = min(len(c) for c in cs)
+        mean = np.mean([c[:n, 1] for c in cs], axis=0)
+        ax.plot(cs[0][:n, 0] / 1e6, mean, marker=".", label=f"{name} ({len(cs)} seeds)")
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("validation bits/sample (fixed crops)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- main
@@ -249,9 +302,27 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out).expanduser().resolve()
+    if args.table or args.plot:
+        rows = read_results(out)
+        if not rows:
+            die(f"{out}: no results.jsonl yet")
+        if args.plot:
+            plot(rows, args.plot)
+            print(f"wrote {args.plot}")
+        if args.table:
+            print(table(rows))
+        return 0
+    if not (args.data and args.configs and args.steps):
+        die("training needs --data, --configs and --steps")
+    if args.steps < 1 or args.best_seeds < 0:
+        die("--steps must be >= 1 and --best-seeds >= 0")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        die(f"--seeds: comma-separated integers, got {args.seeds!r}")
     from wavelm.train import DataConfig, open_data
 
-    out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(c) for c in args.configs]
     names = [p.stem for p in paths]
@@ -260,65 +331,53 @@ def main(argv=None) -> int:
     for p in paths:
         if not p.is_file():
             die(f"{p}: no such config")
-
-    # the data: the first recipe's [data], then the flags; prepared once and shared
-    first = tomllib.loads(paths[0].read_text()).get("data", {})
-    data_cfg = {k: first[k] for k in ("format", "quantization", "sample_rate") if k in first}
-    data_cfg.update({k: v for k, v in (("format", args.format), ("quantization", args.quantization)) if v})
-    try:
-        dc = DataConfig(**data_cfg)
-    except ValueError as e:
-        die(str(e))
-    if args.full_eval and dc.format != "youtubemix":
-        die("--full-eval needs the youtubemix format (--format youtubemix or the recipes' [data])")
-    cache = open_data(args.data, out, dc)  # an audio folder is prepared once, into OUT/cache
+    cache = open_data(args.data, out, DataConfig(path=args.data))
     cache_path = str(Path(cache.path).resolve())
-    data_cfg.update(path=cache_path, format=dc.format, quantization=dc.quantization)
-    recipes = {n: load_recipe(p, args, data_cfg) for n, p in zip(names, paths)}
-    check_shared(recipes, SHARED + (("steps",) if args.steps is None and not args.max_minutes else ()))
-
-    shared = {k: getattr(args, k) for k in ("steps", "max_minutes", "eval_every", "eval_crops", "eval_seq_len",
-                                            "full_eval", "timing_steps")}
+    recipes = {n: load_recipe(p, args, cache_path) for n, p in zip(names, paths)}
+    check_shared(recipes)
     ctx = mp.get_context("spawn")
-    results, failed = [], []
-    for i, (name, path) in enumerate(zip(names, paths)):
-        run = out / name
-        key = hashlib.sha256(json.dumps([recipes[name], shared], sort_keys=True).encode()).hexdigest()[:16]
-        done = run / "result.json"
-        if done.is_file() and not args.force:
-            r = json.loads(done.read_text())
-            if r.get("key") == key:
-                log.info("[%d/%d] %s: done already (val %.4f), skipped", i + 1, len(names), name, r["val_bits"])
-                results.append(r)
-                continue
-            die(f"{done} was made with other settings; pass --force to train {name} again, "
-                "or use another --out")
-        log.info("[%d/%d] %s (%s)", i + 1, len(names), name, path)
-        done.unlink(missing_ok=True)
-        proc = ctx.Process(target=run_one, args=(name, recipes[name], cache_path, str(run), shared, key))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or not done.is_file():
-            log.error("%s failed (exit code %s); see the log above", name, proc.exitcode)
-            failed.append(name)
-            continue
-        results.append(json.loads(done.read_text()))
+    trained = 0
 
-    summary = {"data": cache_path, "hours": cache.meta.get("hours"), "machine": machine(),
-               "settings": shared, "runs": results, "failed": failed}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "results.json")
-    m = summary["machine"]
-    budget = ", ".join(([f"{args.max_minutes:g} min"] if args.max_minutes else [])
-                       + ([f"{args.steps} steps"] if args.steps else []))
-    print(f"\n{len(results)} configs on {cache_path} ({m['gpu'] or m['cpu']}, {m['cpus']} CPUs, "
-          f"torch {m['torch']}); budget {budget} each; eval {args.eval_crops} crops x "
-          f"{args.eval_seq_len} per split\n")
-    print(table(results))
-    if failed:
-        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    def run_all(plan):
+        nonlocal trained
+        for name, seed in plan:
+            key = hashlib.sha256(json.dumps([recipes[name], seed, args.eval_max_files], sort_keys=True)
+                                 .encode()).hexdigest()[:16]
+            run = out / name / f"seed{seed}"
+            done = [r for r in read_results(out) if r["kind"] == "run" and r["run"] == str(run.relative_to(out))]
+            if done and done[0]["key"] == key:
+                continue
+            if done:
+                die(f"{run} was made with other settings; use another --out")
+            if args.max_runs is not None and trained >= args.max_runs:
+                log.info("--max-runs %d reached; run again to continue", args.max_runs)
+                return False
+            log.info("%s seed %d", name, seed)
+            proc = ctx.Process(target=run_one, args=(name, seed, recipes[name], cache_path, str(run), key,
+                                                     str(out), args.eval_max_files))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                die(f"{name} seed {seed} failed (exit code {proc.exitcode}); rerun to resume it")
+            trained += 1
+        return True
+
+    if not run_all([(n, s) for s in seeds for n in names]):
+        return 0
+    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in names][:2]
+    extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + args.best_seeds - len(seeds))]
+    if not run_all([(n, s) for s in extra for n in best]):
+        return 0
+    if args.bench:
+        have = {r["config"] for r in read_results(out) if r["kind"] == "speed"}
+        for name in names:
+            if name not in have:
+                proc = ctx.Process(target=bench_one, args=(name, recipes[name], str(out)))
+                proc.start()
+                proc.join()
+    print(f"\n{len(names)} configs, {args.steps} steps each, on {cache_path}; {machine()}\n")
+    print(table(read_results(out)))
+    return 0
 
 
 if __name__ == "__main__":

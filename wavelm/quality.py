@@ -313,8 +313,12 @@ def summarize(report: dict) -> dict:
     out = {}
     for side in ("real", "generated"):
         out[side] = {k: float(np.median([m[k] for m in report[side]])) for k in keys if report[side]}
-    gp = [tuple(m["pitches"][:8]) for m in report["generated"]]
-    out["generated_pitches_differ"] = len(set(gp)) > 1 if len(gp) > 1 else None
+    for side in ("real", "generated"):
+        out[side]["pitch_overlap"] = pitch_overlap([m["pitches"] for m in report[side]])
+    # seeds "differ" when their strongest pitches overlap less than half (Jaccard), as
+    # different pieces do; one shared note is not a different piece
+    ov = out["generated"]["pitch_overlap"]
+    out["generated_pitches_differ"] = None if ov is None else ov < 0.5
     c = report.get("continuations") or []
     if c:
         out["continuation"] = {
@@ -323,6 +327,12 @@ def summarize(report: dict) -> dict:
             "harmonic_gap": float(np.median([x["real_1s"]["harmonic_share"] - x["generated_1s"]["harmonic_share"]
                                              for x in c]))}
     return out
+
+
+def pitch_overlap(sets: list[list[str]]) -> float | None:
+    """Mean Jaccard overlap of the strongest-pitch sets over all pairs (1: the same notes)."""
+    pairs = [(set(a), set(b)) for i, a in enumerate(sets) for b in sets[i + 1:] if a or b]
+    return float(np.mean([len(a & b) / len(a | b) for a, b in pairs])) if pairs else None
 
 
 def plot(report: dict, path, sr: int = 16000, title: str = "") -> None:

@@ -86,7 +86,10 @@ def table(rep: dict) -> str:
         for m in rep[side]:
             tag = f"seed {m['seed']}" if side == "generated" else m["name"]
             lines.append(f"  pitches, {side} {tag}: {' '.join(m['pitches'])}")
-    lines.append(f"strongest pitches differ between seeds: {s['generated_pitches_differ']}")
+    ov = [s[k].get("pitch_overlap") for k in ("real", "generated")]
+    lines.append("strongest pitches, mean overlap between clips (Jaccard): "
+                 + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in zip(("real", "generated"), ov))
+                 + f"; seeds differ (< 0.5): {s['generated_pitches_differ']}")
     if "continuation" in s:
         c = s["continuation"]
         lines.append(f"continuations ({len(rep['continuations'])}, first 1 s after a mid-note cut): flatness "

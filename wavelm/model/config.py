@@ -156,10 +156,12 @@ class ModelConfig:
         if bad:
             raise ValueError(f"unknown ModelConfig field(s): {', '.join(bad)}")
         kw = dict(PRESETS[name])
-        if any(k in overrides for k in ("pool", "n_layers", "d_model", "attn_window", "expand", "arch")):
+        if any(k in overrides for k in ("pool", "n_layers", "d_model", "attn_window", "expand")):
             # scalar overrides re-derive the per-stage lists unless those are overridden too
             for k in ("stage_layers", "stage_dims", "stage_windows", "stage_archs"):
                 kw.pop(k, None)
+        if "arch" in overrides:   # one block kind everywhere, unless stage_archs is given too
+            kw.pop("stage_archs", None)
         kw.update(overrides)
         return cls(**kw)
 

@@ -1,0 +1,73 @@
+"""recipes/compare.py end to end on tiny configs: equal steps over seeds, one JSONL of results,
+the table and the plot; an interrupted study resumes without redoing finished runs."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import compare  # noqa: E402
+
+RECIPE = """[model]
+preset = "tiny"
+arch = "{arch}"
+
+[train]
+batch_size = 2
+seq_len = 64
+lr = 1e-3
+warmup = 1
+threads = 1
+"""
+
+
+@pytest.fixture
+def study(tmp_path):
+    from wavelm.audio import save_audio
+    from wavelm.data.folder import prepare_folder
+
+    t = np.arange(4000) / 16000
+    for split, n in (("train", 3), ("val", 1), ("test", 1)):
+        for i in range(n):
+            save_audio(tmp_path / "audio" / split / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t), 16000)
+    prepare_folder(tmp_path / "audio", tmp_path / "cache", workers=1, progress=False)
+    configs = []
+    for arch in ("conv", "conformer"):
+        p = tmp_path / f"{arch}.toml"
+        p.write_text(RECIPE.format(arch=arch))
+        configs.append(str(p))
+    return tmp_path, ["--data", str(tmp_path / "cache"), "--configs", *configs, "--steps", "4",
+                      "--seeds", "0,1", "--best-seeds", "2", "--eval-every", "2", "--out", str(tmp_path / "s")]
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_and_reports(study, capsys):
+    from wavelm.model.config import ModelConfig
+    from wavelm.train import TrainConfig, train
+
+    tmp, argv = study
+    out = tmp / "s"
+    assert compare.main(argv + ["--max-runs", "1"]) == 0          # stopped after one run
+    rows = compare.read_results(out)
+    assert [(r["config"], r["seed"]) for r in rows] == [("conv", 0)]
+    first = (out / "conv" / "seed0" / "best" / "model.safetensors").stat().st_mtime_ns
+    # the next run was killed at step 2: a last/ checkpoint and no result line
+    train(TrainConfig(batch_size=2, seq_len=64, lr=1e-3, warmup=1, threads=1, steps=4, seed=0, eval_every=2,
+                      val_crops=32),
+          ModelConfig.from_name("tiny", arch="conformer"), str(tmp / "cache"), out / "conformer" / "seed0",
+          overwrite=True, stop_at=2, progress=False)
+    assert compare.main(argv + ["--bench"]) == 0
+    rows = compare.read_results(out)
+    runs = {(r["config"], r["seed"]): r for r in rows if r["kind"] == "run"}
+    assert set(runs) == {("conv", 0), ("conv", 1), ("conformer", 0), ("conformer", 1)}
+    assert (out / "conv" / "seed0" / "best" / "model.safetensors").stat().st_mtime_ns == first   # not redone
+    assert runs["conformer", 0]["resumed"] and not runs["conv", 1]["resumed"]
+    assert all(r["steps"] == 4 and r["tokens_seen"] == 4 * 128 and r["val_bits"] > 0 for r in runs.values())
+    assert {r["config"] for r in rows if r["kind"] == "speed"} == {"conv", "conformer"}
+    text = capsys.readouterr().out
+    assert "| conv |" in text and "val bits, mean (min..max)" in text
+    assert compare.main(["--out", str(out), "--plot", str(tmp / "v.png")]) == 0
+    assert (tmp / "v.png").stat().st_size > 1000
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["kind"] == "run"
