@@ -9,7 +9,7 @@ import torch
 
 import wavelm
 from conftest import CASE_IDS, CASES, tiny
-from wavelm import ModelConfig, WaveLM
+from wavelm import WaveLM
 from wavelm.cli import main
 from wavelm.fast.program import compile_model
 from wavelm.generate import Noise, Sampling, prefill, prompt_tokens, sample_torch, start

@@ -3,7 +3,6 @@ atomically (temp file in the same directory, then os.replace)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch

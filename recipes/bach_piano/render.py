@@ -130,9 +130,7 @@ def _render(path: str, out: Path, sample_rate: int, gain: float, peak: float, ta
             silence: float) -> int:
     import fluidsynth
     import music21
-    import numpy as np
     import pretty_midi
-    import soundfile as sf
 
     # music21 prints its parser warnings on stderr: keep the progress bar readable
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -154,6 +152,15 @@ def _render(path: str, out: Path, sample_rate: int, gain: float, peak: float, ta
         y = pm.fluidsynth(fs=sample_rate, synthesizer=synth, sfid=sfid)  # float64 (N,)
     finally:
         synth.delete()
+    return finish(y, out, sample_rate, peak, silence, tail)
+
+
+def finish(y, out: Path, sample_rate: int, peak: float, silence: float, tail: float) -> int:
+    """Peak-normalise `y` to `peak`, cut what follows the last 20 ms frame louder than
+    `silence` to `tail` seconds, write 16-bit PCM WAV atomically; returns the frames written."""
+    import numpy as np
+    import soundfile as sf
+
     top = float(np.abs(y).max()) if y.size else 0.0
     if not top > 0:
         raise ValueError("rendered audio is silent")

@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bach_piano.render import SILENCE, _write_json, assign_splits, rendered_frames  # noqa: E402
+from bach_piano.render import SILENCE, _write_json, assign_splits, finish, rendered_frames  # noqa: E402
 from bach_piano.render import list_scores as bach_list_scores  # noqa: E402
 
 INSTALL = "bash recipes/piano/install.sh"
@@ -270,30 +270,11 @@ def render_one(job: tuple) -> dict:
 
 
 def _render(name, path, piano, out: Path, sample_rate, seed, tail, silence, **_) -> int:
-    import numpy as np
-    import soundfile as sf
-
     perf = performance(name, seed)
     y = synthesize(midi_events(path, perf), str(soundfont(piano)), PIANOS[piano][1], sample_rate,
                    perf["reverb"])
-    top = float(np.abs(y).max()) if y.size else 0.0
-    if not top > 0:
-        raise ValueError("rendered audio is silent")
-    y = y * (perf["level"] / top)
-    frame = sample_rate // 50
-    n = len(y) // frame
-    rms = np.sqrt(np.mean(y[: n * frame].reshape(n, frame) ** 2, axis=1))
-    loud = np.flatnonzero(rms >= silence * perf["level"] / 0.9)   # relative to the level drawn
-    end = (int(loud[-1]) + 1) * frame if loud.size else len(y)
-    pcm = np.round(y[: min(len(y), end + int(round(tail * sample_rate)))] * 32767).astype(np.int16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        sf.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(pcm)
+    # peak level and silence threshold both follow the level drawn for this file
+    return finish(y, out, sample_rate, perf["level"], silence * perf["level"] / 0.9, tail)
 
 
 # ----------------------------------------------------------------------------- main
