@@ -31,10 +31,10 @@ def test_two_gloo_ranks_end_identical_and_agree_on_validation(tmp_path):
     run, dump = tmp_path / "run", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
-           "-m", "wavelm", "train", "--data", str(cache.path), "--out", str(run), "--model", "tiny",
+           os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(dump), "--data", str(cache.path), "--out", str(run), "--model", "tiny",
            "--steps", "6", "--batch-size", "2", "--seq-len", "128", "--eval-every", "3", "--lr", "1e-2",
            "--warmup", "1", "--device", "cpu", "--set", "train.val_crops=5", "--no-progress"]
-    env = {**os.environ, "WAVELM_TRAIN_DUMP": str(dump), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 processes" in p.stdout and p.stdout.count("done at step 6") == 1  # rank 0 prints

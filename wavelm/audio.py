@@ -21,6 +21,8 @@ import torch
 log = logging.getLogger(__name__)
 
 MU = 255
+ZERO = 128       # mu-law code of silence: the input before a stream's first sample
+LN2 = math.log(2.0)   # nats -> bits
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 
 

@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavelm.audio import load_audio, mulaw_decode, mulaw_encode
+from wavelm.audio import ZERO, load_audio, mulaw_decode, mulaw_encode
 from wavelm._callable import make_module_callable
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
 
-ZERO = 128                 # first input token: mu-law zero
 MAX_SECONDS = 600.0        # per call; memory of the state does not grow, the output does
 NOISE_BLOCK = 4096         # uniforms are drawn in blocks of this many steps (fixed: see top)
 PREFILL_CHUNK = 16384      # prompt samples per forward call

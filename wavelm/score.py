@@ -21,7 +21,6 @@ module is made callable: `wavelm.score(model, audio)` runs `score` either way.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,15 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavelm.audio import AudioError, audio_info, iter_audio, mulaw_encode
+from wavelm.audio import LN2, ZERO, AudioError, audio_info, iter_audio, mulaw_encode
 from wavelm._callable import make_module_callable
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
 
-ZERO = 128                      # first input token: mu-law zero
 DEFAULT_CHUNK_SECONDS = 2.0     # 32k samples at 16 kHz; ~40 MB of activations for "small"
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -244,9 +241,8 @@ def _split_streams(data, split, quantization, sample_rate, chunk):
 
         return cache.codec, [(f["path"], cache_chunks(f["index"])) for f in cache.files(split)]
 
-    from wavelm.data.youtubemix import CHUNK, ZERO as YTM_ZERO, YouTubeMix
+    from wavelm.data.youtubemix import CHUNK, YouTubeMix
 
-    assert YTM_ZERO == ZERO
     ds = YouTubeMix(data, split=split, quantization=quantization or "s4", sample_rate=sample_rate,
                     chunk=chunk or CHUNK)
 

@@ -44,13 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from wavelm.checkpoint import CheckpointError, load_model, save_model
+from wavelm.audio import LN2, ZERO
 from wavelm.files import atomic_write, atomic_write_text
 from wavelm.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-LN2 = math.log(2.0)
-BOS = 128          # mu-law zero: the input before the first sample of a segment
 IGNORE = -100      # target padding of short validation crops
 RUN_FILES = ("run.json", "metrics.jsonl", "last", "best", "tb")
 
@@ -195,7 +194,7 @@ class CropSampler:
         for b, (i, v) in enumerate(zip(idx, u)):
             s = int(v - (self.cum[i - 1] if i else 0))
             seg = self.segs[i]
-            rows[b, 0] = seg[s - 1] if s else BOS
+            rows[b, 0] = seg[s - 1] if s else ZERO
             rows[b, 1:] = seg[s:s + self.T]
         t = torch.from_numpy(rows)
         return t[:, :-1], t[:, 1:]
@@ -211,10 +210,10 @@ def val_crops(segments, seq_len: int, n: int) -> list[tuple[np.ndarray, int, int
 
 
 def _val_batch(pieces, seq_len):
-    x = np.full((len(pieces), seq_len), BOS, dtype=np.int64)
+    x = np.full((len(pieces), seq_len), ZERO, dtype=np.int64)
     y = np.full((len(pieces), seq_len), IGNORE, dtype=np.int64)
     for b, (seg, s, n) in enumerate(pieces):
-        x[b, 0] = seg[s - 1] if s else BOS
+        x[b, 0] = seg[s - 1] if s else ZERO
         x[b, 1:n] = seg[s:s + n - 1]
         y[b, :n] = seg[s:s + n]
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -702,7 +701,6 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         bar.close()
         if metrics:
             metrics.close()
-    _debug_dump(net, dist.rank)
     return {"step": step, "stopped": stopped, "val_bits": val_bits, "best_val_bits": best,
             "best_step": best_step, "tokens_per_s": tok_s, "params": net.num_parameters(),
             "elapsed_s": time.monotonic() - t_start, "out": str(out), "best": str(out / "best"),
@@ -731,11 +729,3 @@ def _diverged_message(out: Path, step: int, loss: float, gnorm: float) -> str:
 
 def _fmt(v):
     return "-" if v is None else f"{v:.3f}"
-
-
-def _debug_dump(net, rank):
-    """Test hook: WAVELM_TRAIN_DUMP=DIR saves each rank's final parameters to DIR/rank{r}.pt."""
-    d = os.environ.get("WAVELM_TRAIN_DUMP")
-    if d:
-        Path(d).mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, Path(d) / f"rank{rank}.pt")

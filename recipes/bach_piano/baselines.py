@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ZERO = 128  # mu-law code of silence
+from wavelm.audio import ZERO  # mu-law code of silence
+
 Q = 256
 
 

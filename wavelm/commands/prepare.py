@@ -31,16 +31,6 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parse_split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise UserError(f"--split: expected three comma-separated fractions such as 0.9,0.05,0.05, got {text!r}")
-    return parts
-
-
 def run(args) -> int:
     from pathlib import Path
 
@@ -49,6 +39,13 @@ def run(args) -> int:
     check_output_dir(args.out)                        # the cache goes there ...
     check_output_dir(Path(args.out).absolute().parent)  # ... built beside it, then renamed
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.format != "youtubemix":
+        from wavelm.data.folder import _parse_split
+
+        try:
+            _parse_split(args.split)
+        except ValueError as e:
+            raise UserError(f"--split: {e}") from None
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.format == "youtubemix":
@@ -63,7 +60,7 @@ def run(args) -> int:
         from wavelm.data.folder import prepare_folder
 
         cache = prepare_folder(args.data, args.out, sample_rate=args.sample_rate,
-                               split=_parse_split(args.split), seed=args.seed,
+                               split=args.split, seed=args.seed,
                                workers=args.workers, progress=progress, force=args.force)
     print(summary(cache))
     return 0

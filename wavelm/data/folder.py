@@ -461,8 +461,10 @@ def _warn_skipped(root, skipped: list[dict], total: int):
 # ----------------------------------------------------------------------------- folders
 
 def _parse_split(split) -> tuple[float, float, float]:
+    """Three fractions (train, val, test) from a sequence or a string such as "0.9,0.05,0.05"."""
+    parts = split.split(",") if isinstance(split, str) else split
     try:
-        fr = tuple(float(x) for x in split)
+        fr = tuple(float(x) for x in parts)
     except (TypeError, ValueError):
         raise ValueError(f"split must be three fractions (train, val, test), got {split!r}") from None
     if len(fr) != 3 or any(not math.isfinite(x) or x < 0 for x in fr) or fr[0] <= 0 \

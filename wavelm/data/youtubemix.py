@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavelm.audio import AUDIO_EXTENSIONS, AudioError, audio_info, load_audio, mulaw_encode, mulaw_encode_s4
+from wavelm.audio import AUDIO_EXTENSIONS, ZERO, AudioError, audio_info, load_audio, mulaw_encode, mulaw_encode_s4
 from wavelm.data import folder as _folder
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ CHUNK = 131072
 TRAIN_FRACTION = 0.88          # s4's train_percentage; val and test share the rest equally
 QUANTIZATIONS = ("s4", "mulaw")
 CODEC = {"s4": "mulaw-s4", "mulaw": "mulaw"}
-ZERO = 128                     # first input token (s4: q_zero(bits=8) = 1 << 7)
 
 
 def split_bounds(n: int, train_fraction: float = TRAIN_FRACTION) -> dict[str, tuple[int, int]]:
