@@ -3,7 +3,8 @@
     check_output("out.wav", AUDIO_OUT)     # OutputError (a ValueError) naming the path, or the Path
     atomic_write("x.json", lambda f: f.write(b"..."))
 
-Every file wavelm writes goes through `atomic_write`: a temp file in the destination folder,
+Every file wavelm writes goes through `atomic_write`, every folder (checkpoints, token caches)
+through `publish_dir`: a temp file in the destination folder,
 fsync, then os.replace, so the final name only ever holds a complete file, and a failure while
 writing (full disk, read-only file system, permission) removes the temp file and raises
 OutputError naming the path. Commands call `check_output` / `check_output_dir` before they
@@ -11,9 +12,14 @@ start, so an unwritable output fails in a second, not after an hour of work.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class OutputError(ValueError):
@@ -107,3 +113,43 @@ def atomic_write(path, write_fn, mode="wb"):
 
 def atomic_write_text(path, text: str):
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _fsync_dir(path: Path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Replace `final` by the complete folder `tmp` (same file system): final -> .final.old,
+    tmp -> final. If the second rename fails the old folder goes back; if the process dies
+    between the two, `recover_dir(final)` puts it back. `final` never holds a partial folder."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: Path) -> None:
+    """After a crash: restore `.final.old` if a publish stopped between its renames (it is then
+    complete), else drop it."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+            log.warning("%s: recovered from an interrupted swap", final)

@@ -17,7 +17,7 @@ The run directory:
     best/           model dir with the lowest validation bits so far
     tb/             TensorBoard events (`tensorboard=True`)
 
-Checkpoints are built in a hidden temp dir, then swapped in with renames (`_publish`), so after
+Checkpoints are built in a hidden temp dir, then swapped in with renames (`files.publish_dir`), so after
 a crash `last/` (or, between the two renames, `.last.old/`, which `_recover` puts back) holds a
 complete set whose files all carry the same step.
 
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from wavelm.checkpoint import CheckpointError, load_model, save_model
 from wavelm.audio import LN2, ZERO
-from wavelm.files import atomic_write, atomic_write_text
+from wavelm.files import atomic_write, atomic_write_text, publish_dir, recover_dir
 from wavelm.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -297,37 +297,9 @@ class Dist:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _fsync_dir(path: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _publish(tmp: Path, final: Path):
-    """Replace `final` by the complete directory `tmp`: final -> .final.old, tmp -> final."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _recover(final: Path):
-    """After a crash: put back `.final.old` if the swap stopped between its renames (it is then
-    a complete checkpoint), and remove temp dirs."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-            log.warning("%s: recovered the checkpoint from an interrupted swap", final)
+    """After a crash: put back a checkpoint whose swap stopped half-way; remove temp dirs."""
+    recover_dir(final)
     for p in final.parent.glob(f".{final.name}.tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
 
@@ -339,7 +311,7 @@ def save_checkpoint(model, final: Path, meta: dict, trainer_state: dict | None =
         save_model(model, tmp, extra=meta)
         if trainer_state is not None:
             atomic_write(tmp / "trainer_state.pt", lambda f: torch.save(trainer_state, f))
-        _publish(tmp, final)
+        publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -262,21 +262,10 @@ def temp_dir_next_to(out: Path, tag: str) -> Path:
 
 
 def _swap_into_place(tmp: Path, out: Path):
-    """Rename the finished `tmp` to `out`, replacing an old cache there; the old one is moved
-    aside first and restored if the rename fails, so `out` never holds a partial cache."""
-    old = None
-    if out.exists():
-        old = temp_dir_next_to(out, "old")
-        os.rmdir(old)
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished cache `tmp` to `out`, replacing an old cache there (files.publish_dir)."""
+    from wavelm.files import publish_dir
+
+    publish_dir(tmp, out)
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -427,6 +416,9 @@ def fresh_cache(out, source: Path, sample_rate: int, codec: str, settings: dict,
                 stats: list[tuple[str, int, float]]) -> TokenCache | None:
     """The cache at `out` if it was built from exactly these (relpath, size, mtime) files with
     these settings, else None."""
+    from wavelm.files import recover_dir
+
+    recover_dir(Path(out))          # a publish interrupted between its two renames
     out = Path(out)
     if not (out / "meta.json").is_file():
         return None
