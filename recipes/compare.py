@@ -169,7 +169,7 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
 def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str,
             max_files: int | None):
     """In a spawned process: train (or resume) one run, score it, append its result line."""
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
     from wavelm.data.folder import TokenCache
     from wavelm.train import configs_from_recipe, train
 

@@ -237,7 +237,7 @@ scalars = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_
                                         "stage_layers", "stage_windows", "stage_archs", "conv_kernel", "ffn_mult",
                                         "arch", "dropout", "conv_dilations", "vocab_size"]), scalars, max_size=4))
 def test_fuzz_checkpoint_config(work, tmp_path_factory, change):
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
 
     ck = tmp_path_factory.mktemp("ck")
     meta = json.loads((work / "ck" / "config.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wavelm.checkpoint import load_model
+from wavelm.model.lm import load_model
 from wavelm.data.folder import write_cache
 from wavelm.train import Dist, TrainConfig, _segments, evaluate, val_crops
 

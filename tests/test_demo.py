@@ -12,7 +12,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from wavelm import demo_app  # noqa: E402
-from wavelm.checkpoint import load_model  # noqa: E402
+from wavelm.model.lm import load_model  # noqa: E402
 from wavelm.model.config import ModelConfig  # noqa: E402
 from wavelm.model.lm import WaveLM  # noqa: E402
 

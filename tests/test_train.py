@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 import wavelm.train as wt
-from wavelm.checkpoint import CheckpointError, load_model
+from wavelm.checkpoint import CheckpointError
+from wavelm.model.lm import load_model
 from wavelm.cli import main
 from wavelm.commands.train import merge
 from wavelm.data.folder import prepare_folder, write_cache

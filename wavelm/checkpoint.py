@@ -1,5 +1,8 @@
 """Checkpoints: a directory with `config.json` and `model.safetensors`, every file written
-atomically (temp file in the same directory, then os.replace)."""
+atomically (temp file in the same directory, then os.replace).
+
+`Pretrained` is the mixin that gives WaveLM `from_pretrained` / `save_pretrained`; this module
+knows nothing of the model class beyond what the mixin is called on (no import cycle)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +11,7 @@ from pathlib import Path
 import torch
 
 from wavelm.files import atomic_write, atomic_write_text
+from wavelm.model.config import ModelConfig
 
 FORMAT = 1
 CODECS = ("mulaw",)
@@ -62,13 +66,22 @@ def read_config(path) -> dict:
     return meta
 
 
-def load_model(path=None, map_location="cpu", config=None):
-    """Load a WaveLM; `config` (a ModelConfig), if given, must match the checkpoint's."""
+class Pretrained:
+    """Mixin: `Model.from_pretrained(path)` and `model.save_pretrained(path)`."""
+
+    @classmethod
+    def from_pretrained(cls, path=None, map_location="cpu", config=None):
+        """Load a checkpoint directory; `path=None` loads the bundled default model; `config`
+        (a ModelConfig), if given, must match the checkpoint's."""
+        return _load(cls, path, map_location, config)
+
+    def save_pretrained(self, path, extra: dict | None = None):
+        return save_model(self, path, extra=extra)
+
+
+def _load(WaveLM, path, map_location, config):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-
-    from wavelm.model.config import ModelConfig
-    from wavelm.model.lm import WaveLM
 
     path = Path(PRETRAINED_DIR if path is None else path)
     meta = read_config(path)

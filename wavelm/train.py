@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavelm.checkpoint import CheckpointError, load_model, save_model
+from wavelm.checkpoint import CheckpointError, save_model
+from wavelm.model.lm import load_model
 from wavelm.audio import LN2, ZERO
 from wavelm.files import atomic_write, atomic_write_text, publish_dir, recover_dir
 from wavelm.model.config import ModelConfig

@@ -45,7 +45,8 @@ def add_arguments(p):
 def _model(args):
     import torch
 
-    from wavelm.checkpoint import PRETRAINED_DIR, load_model
+    from wavelm.checkpoint import PRETRAINED_DIR
+    from wavelm.model.lm import load_model
     from wavelm.model.config import ModelConfig
     from wavelm.model.lm import WaveLM
 

@@ -43,7 +43,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     import torch
 
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
 
     torch.set_num_threads(args.threads)
     try:

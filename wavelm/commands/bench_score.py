@@ -37,7 +37,7 @@ def add_arguments(p):
 
 
 def _model(args):
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
 
     if args.model:
         import torch

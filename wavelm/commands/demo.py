@@ -53,7 +53,7 @@ def _serve(args, demo_app) -> int:
         raise UserError("the demo needs gradio: pip install 'wavelm[demo]'")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
 
     model = load_model(args.checkpoint, map_location=args.device)
     if args.host not in LOOPBACK:

@@ -87,7 +87,7 @@ def run(args) -> int:
     import numpy as np
 
     from wavelm.audio import load_audio, save_audio
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
     from wavelm.generate import stream
 
     model = load_model(args.checkpoint, map_location=args.device)

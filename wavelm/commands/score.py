@@ -72,7 +72,7 @@ def run(args) -> int:
             check_output(out)
     check_device(args.device)
 
-    from wavelm.checkpoint import load_model
+    from wavelm.model.lm import load_model
 
     model = load_model(args.checkpoint, map_location=args.device)
     on_cpu = next(model.parameters()).device.type == "cpu"

@@ -18,6 +18,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from wavelm.checkpoint import Pretrained
+
 from .blocks import make_blocks
 from .config import ModelConfig
 from .state import PoolState, StackState, State
@@ -105,7 +107,9 @@ class Stage(nn.Module):
         return sum(b.lookback() for b in (*self.pre, *self.post)) + (self.pool.lookback() if self.pool else 0)
 
 
-class WaveLM(nn.Module):
+class WaveLM(Pretrained, nn.Module):
+    """from_pretrained(path=None) / save_pretrained(path): see wavelm.checkpoint."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -148,18 +152,11 @@ class WaveLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- checkpoints -------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path=None, map_location="cpu") -> "WaveLM":
-        """Load a checkpoint directory; `path=None` loads the bundled default model."""
-        from wavelm.checkpoint import load_model
 
-        return load_model(path, map_location=map_location)
 
-    def save_pretrained(self, path, extra: dict | None = None):
-        from wavelm.checkpoint import save_model
-
-        return save_model(self, path, extra=extra)
+def load_model(path=None, map_location="cpu", config=None) -> WaveLM:
+    """WaveLM.from_pretrained: a checkpoint directory (None: the bundled model)."""
+    return WaveLM.from_pretrained(path, map_location=map_location, config=config)
 
 
 @contextlib.contextmanager
