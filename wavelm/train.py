@@ -43,11 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavelm.checkpoint import CheckpointError, save_model
-from wavelm.model.lm import load_model
 from wavelm.audio import LN2, ZERO
+from wavelm.checkpoint import CheckpointError, save_model
 from wavelm.files import atomic_write, atomic_write_text, publish_dir, recover_dir
 from wavelm.model.config import ModelConfig
+from wavelm.model.lm import WaveLM, load_model
 
 log = logging.getLogger(__name__)
 
@@ -549,8 +549,6 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         net, state = load_trainer_state(ckpt, model_cfg)
         net.train()
     else:
-        from wavelm.model.lm import WaveLM
-
         net = WaveLM(model_cfg)
     net.to(device)
     opt, sched = make_optimizer(net, cfg, device)

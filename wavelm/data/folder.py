@@ -43,6 +43,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from wavelm.audio import AUDIO_EXTENSIONS, AudioError
+from wavelm.files import publish_dir, recover_dir
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,6 @@ def temp_dir_next_to(out: Path, tag: str) -> Path:
 
 def _swap_into_place(tmp: Path, out: Path):
     """Rename the finished cache `tmp` to `out`, replacing an old cache there (files.publish_dir)."""
-    from wavelm.files import publish_dir
-
     publish_dir(tmp, out)
 
 
@@ -416,8 +415,6 @@ def fresh_cache(out, source: Path, sample_rate: int, codec: str, settings: dict,
                 stats: list[tuple[str, int, float]]) -> TokenCache | None:
     """The cache at `out` if it was built from exactly these (relpath, size, mtime) files with
     these settings, else None."""
-    from wavelm.files import recover_dir
-
     recover_dir(Path(out))          # a publish interrupted between its two renames
     out = Path(out)
     if not (out / "meta.json").is_file():
