@@ -309,7 +309,7 @@ def summarize(report: dict) -> dict:
     """Medians over clips of the headline measures, generated vs real, and the continuation
     gaps (ratio of flatness, difference of harmonic share, first second after the prompt)."""
     keys = ("loudness_ratio", "onsets_per_s", "harmonic_share", "chroma_top7", "flatness", "centroid_hz",
-            "model_bits")
+            "model_bits", "rms_median")
     out = {}
     for side in ("real", "generated"):
         out[side] = {k: float(np.median([m[k] for m in report[side]])) for k in keys if report[side]}
