@@ -15,9 +15,12 @@ def test_bundled_model_loads_and_matches_its_card():
     model = wavelm.WaveLM.from_pretrained()
     meta = json.loads((PRETRAINED_DIR / "config.json").read_text())
     assert model.num_parameters() == meta["card"]["parameters"]
-    scores = meta["card"]["scores"]
-    assert scores["test"]["bits_per_sample"] < 3.720         # the 16-tap linear predictor (recipes/piano)
-    assert scores["bach_piano_test"]["bits_per_sample"] < 3.720
+    card = meta["card"]
+    if "scores" in card:   # packaged by recipes/piano/bundle.py
+        assert card["scores"]["test"]["bits_per_sample"] < 3.720     # the 16-tap linear predictor
+        assert card["scores"]["bach_piano_test"]["bits_per_sample"] < 3.720
+    else:                  # packaged by recipes/bach_piano/bundle.py
+        assert card["test"]["bits_per_sample"] < 3.720
     assert (PRETRAINED_DIR / "README.md").exists()
     assert (PRETRAINED_DIR / "model.safetensors").stat().st_size < 8 * 2**20  # a few MB at most
 
@@ -30,11 +33,12 @@ def test_bundled_model_gets_the_fast_decoder():
 
 def test_bundled_model_generates_audible_non_runaway_audio():
     model = wavelm.WaveLM.from_pretrained()
-    real = json.loads((PRETRAINED_DIR / "config.json").read_text())["card"]["quality"]["real"]
+    q = json.loads((PRETRAINED_DIR / "config.json").read_text())["card"]["quality"]
+    median_rms = q["real"]["rms_median"] if "real" in q else q["data"]["median_rms"]
     audio = wavelm.generate(model, seconds=3, seed=0)[0]
     assert audio.shape == (48000,) and np.isfinite(audio).all()
     rms = [np.sqrt(np.mean(w ** 2)) for w in np.split(audio, 3)]
-    assert min(rms) > 0.01 * real["rms_median"]             # not silent
+    assert min(rms) > 0.01 * median_rms                      # not silent
     assert max(rms) < 0.9                                    # not saturated noise
 
 
