@@ -38,14 +38,19 @@ COMMAND = ("wavelm train --data data/piano --config recipes/piano/train.toml --o
            "--max-minutes 120")
 
 
-def measure(model, run: Path, cache: Path, bach: Path) -> dict:
+MEASURES = ("unseen", "test", "bach_piano_test", "generate")
+
+
+def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES) -> dict:
+    """The measurements in `only`, each saved in RUN/bundle_scores[-<first of only>].json as
+    soon as it is done (two processes may split the work: --only unseen / --only test,...)."""
     from wavelm.score import score, score_split
 
-    path = run / "bundle_scores.json"
+    path = run / ("bundle_scores.json" if tuple(only) == MEASURES else f"bundle_scores-{only[0]}.json")
     done = json.loads(path.read_text()) if path.is_file() else {}
 
     def keep(key, fn):
-        if key not in done:
+        if key in only and key not in done:
             t0 = time.perf_counter()
             done[key] = fn()
             done[key]["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -162,6 +167,8 @@ def main():
     ap.add_argument("--bach", type=Path, default=REPO / "data/bach_piano/test")
     ap.add_argument("--out", type=Path, default=PRETRAINED_DIR)
     ap.add_argument("--card-only", action="store_true", help="rewrite the card from saved measurements")
+    ap.add_argument("--only", default=",".join(MEASURES), help=f"measurements to make (default {','.join(MEASURES)})")
+    ap.add_argument("--no-copy", action="store_true", help="measure the model already in --out")
     ap.add_argument("--quality", type=Path, default=None)
     ap.add_argument("--quality-old", type=Path, default=None)
     ap.add_argument("--old-unseen", type=Path, default=None, help="`wavelm score --json` of the old model")
@@ -169,7 +176,7 @@ def main():
     torch.set_num_threads(1)
     src = args.run / "best"
     meta = json.loads((src / "config.json").read_text())
-    if not args.card_only:
+    if not (args.card_only or args.no_copy):
         from safetensors.torch import load_file, save_file
 
         args.out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +184,11 @@ def main():
         save_file(sd, str(args.out / "model.safetensors"), metadata={"format": "1"})
         atomic_write_text(args.out / "config.json", json.dumps(relative_paths(meta), indent=2) + "\n")
     model = wavelm.WaveLM.from_pretrained(args.out)
-    m = measure(model, args.run, args.cache or args.run / "cache", args.bach) if not args.card_only else \
-        json.loads((args.run / "bundle_scores.json").read_text())
+    if not args.card_only:
+        measure(model, args.run, args.cache or args.run / "cache", args.bach, tuple(args.only.split(",")))
+    m = {}
+    for p in sorted(args.run.glob("bundle_scores*.json")):
+        m.update(json.loads(p.read_text()))
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     train_rows = [r for r in rows if r.get("event") == "train"]
     tr = meta.get("train", {})
