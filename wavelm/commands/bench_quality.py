@@ -57,10 +57,10 @@ def run(args) -> int:
                                progress=sys.stderr.isatty())
     except ValueError as e:
         raise UserError(str(e)) from None
-    rep["checkpoint"] = str(model.checkpoint_path)
+    rep["checkpoint"] = _shown(model.checkpoint_path)
     print(table(rep))
     if args.plot:
-        quality.plot(rep, args.plot, model.config.sample_rate, title=f"{model.checkpoint_path}: real (top) vs generated")
+        quality.plot(rep, args.plot, model.config.sample_rate, title=f"{rep['checkpoint']}: real (top) vs generated")
         print(f"wrote {args.plot}")
     if args.json:
         from wavelm.files import atomic_write_text
@@ -69,6 +69,15 @@ def run(args) -> int:
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _shown(path) -> str:
+    """A path as the user would type it: relative to the working folder when it is below it."""
+    import os
+
+    p = os.path.abspath(path)
+    rel = os.path.relpath(p)
+    return p if rel.startswith("..") else rel
 
 
 def table(rep: dict) -> str:
