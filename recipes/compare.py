@@ -152,9 +152,9 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
     from wavelm.score import _Stream
     from wavelm.model.lm import inference
 
-    files = cache.files(split)
-    if max_files:
-        files = files[:: max(1, len(files) // max_files)][:max_files]
+    from wavelm.quality import spread
+
+    files = spread(cache.files(split), max_files)
     total = count = 0
     with inference(model, 1):
         for f in files:

@@ -96,13 +96,12 @@ def measures(y: np.ndarray, sr: int) -> dict:
     y = np.nan_to_num(np.asarray(y, np.float32))
     rms = rms_per_second(y, sr)
     onsets = lb.onset.onset_detect(y=y, sr=sr, units="time") if np.abs(y).max() > 0 else []
-    flat = lb.feature.spectral_flatness(y=y, n_fft=1024, hop_length=256)[0]
     cent = lb.feature.spectral_centroid(y=y, sr=sr, n_fft=1024, hop_length=256)[0]
     return {"seconds": round(len(y) / sr, 3),
             "rms_min": float(rms.min()), "rms_median": float(np.median(rms)), "rms_max": float(rms.max()),
             "loudness_ratio": loudness_ratio(rms), "onsets_per_s": len(onsets) / max(len(y) / sr, EPS),
             "harmonic_share": harmonic_share(y, sr), "chroma_top7": chroma_top7(y, sr),
-            "flatness": float(np.median(flat)), "centroid_hz": float(np.median(cent)),
+            "flatness": _flat(y, sr), "centroid_hz": float(np.median(cent)),
             "pitches": strongest_pitches(y, sr)}
 
 
@@ -151,6 +150,11 @@ def piano_of(name: str) -> str:
     """The piano of a recipes/piano file name (<piece>__<piano>.wav), else 'all'."""
     m = PIANO.search(name)
     return m.group(1) if m else "all"
+
+
+def spread(items: list, n: int | None) -> list:
+    """`n` items spread evenly over the list (all of them for n=None)."""
+    return items if not n else items[:: max(1, len(items) // n)][:n]
 
 
 def split_audio(data, split: str, sample_rate: int) -> list[tuple[str, np.ndarray]]:
@@ -220,8 +224,7 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
     files = split_audio(data, split, sr)
     if not files:
         raise ValueError(f"{data}: the {split} split holds no audio")
-    if max_files:
-        files = files[:: max(1, len(files) // max_files)][:max_files]
+    files = spread(files, max_files)
 
     def score_files(fs, tag):
         per_file, per_piano, regions = [], {}, {}
@@ -251,15 +254,13 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
             un = split_audio(data, unseen, sr)
         except ValueError:
             un = []
-        if max_files:
-            un = un[:: max(1, len(un) // max_files)][:max_files]
+        un = spread(un, max_files)
         if un:
             report["score"][unseen] = score_files(un, unseen)
 
     # generated clips from silence, and real excerpts of the same length
-    gen = generate(model, seconds=seconds, batch_size=1, seed=0, temperature=temperature, top_p=top_p)[0]
-    gens = [gen] + [generate(model, seconds=seconds, seed=s, temperature=temperature, top_p=top_p)[0]
-                    for s in range(1, clips)]
+    gens = [generate(model, seconds=seconds, seed=s, temperature=temperature, top_p=top_p)[0]
+            for s in range(clips)]
     real = excerpts(files, clips, seconds, sr)
     report["generated"] = []
     for s, y in enumerate(_bar(gens, progress, "measuring clips")):
@@ -276,7 +277,8 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
 
     # continuations of real excerpts cut mid-note
     conts = []
-    for k, (name, y) in enumerate(_bar([f for f in files if len(f[1]) > (prompt_seconds + 1.2) * sr][:: 1], progress, "continuations")):
+    long_enough = [f for f in files if len(f[1]) > (prompt_seconds + 1.2) * sr]
+    for k, (name, y) in enumerate(_bar(long_enough, progress, "continuations")):
         if len(conts) == clips:
             break
         c = cut_mid_note(y, sr, prompt_seconds)
@@ -313,7 +315,6 @@ def summarize(report: dict) -> dict:
     out = {}
     for side in ("real", "generated"):
         out[side] = {k: float(np.median([m[k] for m in report[side]])) for k in keys if report[side]}
-    for side in ("real", "generated"):
         out[side]["pitch_overlap"] = pitch_overlap([m["pitches"] for m in report[side]])
     # seeds "differ" when their strongest pitches overlap less than half (Jaccard), as
     # different pieces do; one shared note is not a different piece
