@@ -149,7 +149,7 @@ def throughput(run: Path) -> float | None:
 
 
 def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
-    from wavelm.score import _Stream
+    from wavelm.scoring import _Stream
     from wavelm.model.lm import inference
 
     from wavelm.quality import spread
@@ -202,7 +202,7 @@ def bench_one(config: str, recipe: dict, out: str):
     import numpy as np
     import torch
 
-    from wavelm.generate import start
+    from wavelm.generation import start
     from wavelm.model.lm import WaveLM, inference
     from wavelm.train import configs_from_recipe, forward_backward, make_optimizer
 

@@ -11,7 +11,7 @@ import traceback
 import torch
 
 from wavelm import ModelConfig, WaveLM
-from wavelm.generate import start
+from wavelm.generation import start
 
 
 def forward_matches_cpu(dev):

@@ -164,13 +164,13 @@ def test_unwritable_folder_fails_before_the_work(work, tmp_path, capsys, monkeyp
     """A read-only (or immutable) folder: the probe fails, nothing is generated."""
     import tempfile
 
-    import wavelm.generate
+    import wavelm.generation
 
     def ro(*a, **k):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkstemp", ro)
-    monkeypatch.setattr(wavelm.generate, "stream", lambda *a, **k: pytest.fail("generated before checking"))
+    monkeypatch.setattr(wavelm.generation, "stream", lambda *a, **k: pytest.fail("generated before checking"))
     assert main(["generate", "--checkpoint", str(work / "ck"), "--seconds", "1", "-o", str(tmp_path / "o.wav")]) == 2
     assert "Read-only file system" in capsys.readouterr().err
 

@@ -69,7 +69,7 @@ def generate(client, seconds=0.2, samples=1, prompt=None, seed=1):
 
 
 def test_generate_endpoint_returns_int16_wav_at_model_rate(client, model):
-    from wavelm.generate import generate as generate_audio
+    from wavelm.generation import generate as generate_audio
 
     out = generate(client, seconds=0.2, samples=2)
     status, players = out[0], out[1:1 + demo_app.MAX_SAMPLES]

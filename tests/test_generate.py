@@ -11,8 +11,9 @@ import wavelm
 from conftest import CASE_IDS, CASES, tiny
 from wavelm import WaveLM
 from wavelm.cli import main
-from wavelm.fast.program import compile_model
-from wavelm.generate import Noise, Sampling, prefill, prompt_tokens, sample_torch, start
+from wavelm.decode.lower import compile_model
+from wavelm.decode.sampling import Noise, Sampling, sample_torch
+from wavelm.generation import prefill, prompt_tokens, start
 
 POOLS = [[], [2, 3]]   # pooled with factors that do not divide the test lengths
 T = 61                 # > attn_window (8) at every stage, so the KV rings wrap
@@ -39,8 +40,7 @@ def test_fast_step_matches_forward(arch, pool, kw):
         state = model.init_state(2)
         model(x[:, :20], state=state)
     prog = compile_model(model, 2)
-    prog.load_state(state)
-    logits = prog.teacher_forced(x[:, 20:].numpy())                # (T - 20, B, V)
+    logits = prog.teacher_forced(state, x[:, 20:].numpy())         # (T - 20, B, V)
     np.testing.assert_allclose(logits.transpose(1, 0, 2), full[:, 20:].numpy(), rtol=0, atol=1e-9)
 
 
@@ -61,7 +61,7 @@ def test_fast_and_reference_generate_the_same(arch, pool, sampling):
 
 def test_sampling_rule_is_shared():
     """generate.sample_torch and the numba sampler pick the same token for the same u."""
-    from wavelm.fast import kernels
+    from wavelm.decode import kernels
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 256, generator=g, dtype=torch.float64) * 3
@@ -119,7 +119,7 @@ def test_stream_chunks_concatenate_to_generate():
 
 def test_cuda_graph_decoder_logic_matches_reference():
     """The CUDA-graph decoder's static-state and period logic, run eagerly on CPU."""
-    from wavelm.fast.cuda import GraphDecoder
+    from wavelm.decode.cuda import GraphDecoder
 
     model = make("conformer", [2, 3])
     for n_prompt in (None, 37):                      # 37 inputs: not a multiple of the period 6
@@ -142,13 +142,13 @@ def test_state_memory_does_not_grow():
 
 
 def test_unsupported_model_falls_back_to_reference(monkeypatch, caplog):
-    from wavelm.fast import program
+    from wavelm.decode import lower as program
 
     def refuse(model, batch_size):
         raise program.Unsupported("block Mystery")
 
     monkeypatch.setattr(program, "compile_model", refuse)
-    with caplog.at_level(logging.INFO, logger="wavelm.generate"):
+    with caplog.at_level(logging.INFO, logger="wavelm.decode"):
         dec = start(make(), batch_size=1)
     assert dec.name == "torch" and "Mystery" in caplog.text
     with pytest.raises(ValueError, match="Mystery"):

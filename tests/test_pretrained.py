@@ -26,7 +26,7 @@ def test_bundled_model_loads_and_matches_its_card():
 
 
 def test_bundled_model_gets_the_fast_decoder():
-    from wavelm.generate import start
+    from wavelm.generation import start
 
     assert start(wavelm.WaveLM.from_pretrained(), 1).name == "numba"
 

@@ -1,4 +1,4 @@
-"""Scoring audio (wavelm.score, `wavelm score`, `wavelm bench score`): tiny models, CPU."""
+"""Scoring audio (wavelm.score in wavelm/scoring.py, `wavelm score`, `wavelm bench score`): tiny models, CPU."""
 import json
 import math
 
@@ -10,7 +10,7 @@ import torch
 import wavelm
 from wavelm import ModelConfig, WaveLM, mulaw_encode
 from wavelm.cli import main
-from wavelm.score import _rechunk, score, score_split
+from wavelm.scoring import _rechunk, score, score_split
 
 SR = 16000
 
@@ -87,10 +87,11 @@ def test_keep_per_sample_false_keeps_only_totals():
     assert lean.total_bits == pytest.approx(full.total_bits, rel=1e-12)
 
 
-def test_wavelm_score_stays_callable_after_module_import():
-    import wavelm.score as mod  # makes the attribute wavelm.score the module
+def test_wavelm_score_and_generate_are_functions_after_module_imports():
+    import wavelm.generation
+    import wavelm.scoring
 
-    assert wavelm.score is mod or wavelm.score is mod.score
+    assert wavelm.score is wavelm.scoring.score and wavelm.generate is wavelm.generation.generate
     res = wavelm.score(tiny(), noise(50))
     assert isinstance(res, wavelm.ScoreResult) and res.num_samples == 50
 
@@ -226,7 +227,7 @@ def test_cli_plot_writes_a_real_png(ckpt, wavs, tmp_path, capsys):
 
 def test_outputs_for_several_files_get_suffixed_names():
     from wavelm.commands.score import output_paths
-    from wavelm.score import ScoreResult
+    from wavelm.scoring import ScoreResult
 
     rs = [ScoreResult(p, 1.0, None, 1, 1.0, 1.0) for p in ("a/x.wav", "b/x.flac", "y.wav")]
     assert [p.name for p in output_paths("out/nll.png", rs)] == ["nll_x.png", "nll_x_2.png", "nll_y.png"]

@@ -184,6 +184,24 @@ def test_resume_with_other_model_config_is_refused(audio_dir, tmp_path, capsys):
               tmp_path / "run", resume=True, progress=False)
 
 
+def test_init_starts_from_a_models_weights(audio_dir, cache, tmp_path, capsys):
+    run = tmp_path / "a"
+    assert main(["train", "--data", str(cache.path), "--out", str(run), "--steps", "6", *TINY]) == 0
+    start = load_model(run / "best")
+    res = train(tiny_cfg(steps=1, lr=1e-12, warmup=0, init=str(run / "best")), ModelConfig.from_name("tiny"),
+                cache, tmp_path / "b", progress=False)
+    b = weights(tmp_path / "b")            # one step at lr ~0: the weights it started from
+    assert all(torch.allclose(b[k], v, atol=1e-6) for k, v in start.state_dict().items())
+    assert res["step"] == 1 and json.loads((tmp_path / "b" / "run.json").read_text())["train"]["init"]
+    capsys.readouterr()
+    assert main(["train", "--data", str(cache.path), "--out", str(tmp_path / "c"), "--steps", "2",
+                 "--init", str(run / "best"), *TINY, "--set", "model.d_model=32"]) == 2
+    assert "d_model" in capsys.readouterr().err
+    assert main(["train", "--data", str(cache.path), "--out", str(tmp_path / "d"), "--steps", "2",
+                 "--init", str(tmp_path / "nowhere"), *TINY]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
 def test_interrupted_swap_is_recovered(cache, tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg(steps=4, eval_every=4), ModelConfig.from_name("tiny"), cache, run, progress=False)

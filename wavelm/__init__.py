@@ -16,10 +16,10 @@ _EXPORTS = {
     "save_audio": "wavelm.audio",
     "ModelConfig": "wavelm.model.config",
     "WaveLM": "wavelm.model.lm",
-    "generate": "wavelm.generate",
-    "stream": "wavelm.generate",
-    "score": "wavelm.score",
-    "ScoreResult": "wavelm.score",
+    "generate": "wavelm.generation",
+    "stream": "wavelm.generation",
+    "score": "wavelm.scoring",
+    "ScoreResult": "wavelm.scoring",
 }
 __all__ = list(_EXPORTS) + ["data"]
 

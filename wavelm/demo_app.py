@@ -118,8 +118,8 @@ def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
 
 def check_generate_args(seconds, samples, temperature, top_p, seed) -> tuple:
     """Validate the Generate tab's values (they may come from the API, not the sliders) with
-    the same rules as the CLI and the Python API (wavelm.generate.check_args)."""
-    from wavelm.generate import check_args
+    the same rules as the CLI and the Python API (wavelm.generation.check_args)."""
+    from wavelm.generation import check_args
 
     if isinstance(seed, float) and seed.is_integer():    # gr.Number sends floats
         seed = int(seed)
@@ -231,8 +231,8 @@ def build_demo(model, streaming: bool | None = None):
     offline_env()
     import gradio as gr
 
-    from wavelm.generate import stream
-    from wavelm.score import score
+    from wavelm.generation import stream
+    from wavelm.scoring import score
 
     sr = model.config.sample_rate
     live_ok = streaming_available() if streaming is None else bool(streaming)

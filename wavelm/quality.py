@@ -216,8 +216,8 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
              top_p: float = 1.0, max_files: int | None = None, progress: bool = False) -> dict:
     """Score the split (and the unseen one), generate `clips` clips from silence and continue
     `clips` real excerpts cut mid-note; measure all of it beside real excerpts. A dict."""
-    from wavelm.generate import generate
-    from wavelm.score import score
+    from wavelm.generation import generate
+    from wavelm.scoring import score
 
     sr = int(model.config.sample_rate)
     report = {"split": split, "clips": clips, "seconds": seconds, "temperature": temperature, "top_p": top_p}

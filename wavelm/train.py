@@ -86,6 +86,7 @@ class TrainConfig:
     compile: bool = False        # torch.compile the training forward
     max_minutes: float = 0.0     # time budget of this invocation; 0 = none
     tensorboard: bool = False
+    init: str = ""               # a model dir whose weights start a new run ("" = random init)
 
     def __post_init__(self):
         _coerce(self, "train")
@@ -548,6 +549,10 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
     if ckpt is not None:
         net, state = load_trainer_state(ckpt, model_cfg)
         net.train()
+    elif cfg.init:
+        net = load_model(Path(cfg.init).expanduser(), config=model_cfg).float().train()
+        if rank0:
+            log.info("weights from %s (optimizer and schedule start afresh)", cfg.init)
     else:
         net = WaveLM(model_cfg)
     net.to(device)

@@ -120,7 +120,7 @@ def main():
     wavelm.save_audio(args.run / "sample_30s.wav", audio, 16000)
 
     if not args.skip_test:
-        from wavelm.score import score_split
+        from wavelm.scoring import score_split
 
         t0 = time.perf_counter()
         res = score_split(model, args.data, "test", progress=True)

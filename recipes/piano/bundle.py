@@ -44,7 +44,7 @@ MEASURES = ("unseen", "test", "bach_piano_test", "generate")
 def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES) -> dict:
     """The measurements in `only`, each saved in RUN/bundle_scores[-<first of only>].json as
     soon as it is done (two processes may split the work: --only unseen / --only test,...)."""
-    from wavelm.score import score, score_split
+    from wavelm.scoring import score, score_split
 
     path = run / ("bundle_scores.json" if tuple(only) == MEASURES else f"bundle_scores-{only[0]}.json")
     done = json.loads(path.read_text()) if path.is_file() else {}
@@ -85,7 +85,7 @@ def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES) -> dict:
             t0 = time.perf_counter()
             a = wavelm.generate(model, seconds=10, seed=s)
             rates.append(a.shape[1] / (time.perf_counter() - t0))
-        from wavelm.generate import start
+        from wavelm.generation import start
         return {"samples_per_s_median": float(np.median(rates)), "runs": [round(r) for r in rates],
                 "decoder": start(model, 1).name}
     keep("generate", speed)

@@ -89,7 +89,8 @@ def _naive_rate(model, n, context, device, budget=10.0):
     (n samples, or fewer if they take longer than `budget` seconds; at least 3)."""
     import torch
 
-    from wavelm.generate import ZERO, Noise, Sampling, sample_torch
+    from wavelm.audio import ZERO
+    from wavelm.decode.sampling import Noise, Sampling, sample_torch
 
     noise, s = Noise(0, 1, device), Sampling()
     seq = torch.full((1, context), ZERO, dtype=torch.int64, device=device)   # a full context
@@ -110,7 +111,7 @@ def _naive_rate(model, n, context, device, budget=10.0):
 def _rate(model, batch, seconds, backend, device, warm=0.2, repeat=1):
     """(decoder, median samples/s per stream over `repeat` runs of `seconds`, state bytes
     before and after); the runs continue one stream, so the last one ends at repeat x seconds."""
-    from wavelm.generate import start
+    from wavelm.generation import start
 
     dec = start(model, batch_size=batch, seed=0, backend=backend)
     sr = model.config.sample_rate

@@ -64,7 +64,7 @@ def run(args) -> int:
         raise UserError("--seconds and --chunk-seconds must be > 0; --repeat and --threads >= 1")
     import torch
 
-    from wavelm.score import score
+    from wavelm.scoring import score
 
     check_device(args.device)
     model, what = _model(args)

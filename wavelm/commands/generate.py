@@ -22,7 +22,7 @@ from wavelm.cli import UserError, check_device
 
 
 def add_arguments(p):
-    from wavelm.generate import BACKENDS, MAX_SECONDS
+    from wavelm.generation import BACKENDS, MAX_SECONDS
 
     p.add_argument("--seconds", type=float, default=5.0,
                    help=f"audio to generate per stream, 0 < S <= {MAX_SECONDS:g} (default 5)")
@@ -50,7 +50,7 @@ def add_arguments(p):
 def check_args(args):
     """Every check that needs no model, so bad input fails before the model loads."""
     from wavelm.files import AUDIO_OUT, check_output
-    from wavelm.generate import check_args as check_generation
+    from wavelm.generation import check_args as check_generation
 
     flags = {"seconds": "--seconds", "batch_size": "--num-samples", "temperature": "--temperature",
              "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed"}
@@ -88,7 +88,7 @@ def run(args) -> int:
 
     from wavelm.audio import load_audio, save_audio
     from wavelm.model.lm import load_model
-    from wavelm.generate import stream
+    from wavelm.generation import stream
 
     model = load_model(args.checkpoint, map_location=args.device)
     sr = int(model.config.sample_rate)

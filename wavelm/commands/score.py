@@ -84,7 +84,7 @@ def run(args) -> int:
     if args.split:
         return _run_split(args, model, checkpoint, keep, threads, progress)
 
-    from wavelm.score import score
+    from wavelm.scoring import score
 
     results, failed = [], []
     for f in args.files:
@@ -101,7 +101,7 @@ def run(args) -> int:
 
 
 def _run_split(args, model, checkpoint, keep, threads, progress) -> int:
-    from wavelm.score import score_split
+    from wavelm.scoring import score_split
 
     s = score_split(model, args.files[0], split=args.split, quantization=args.quantization,
                     chunk_seconds=args.chunk_seconds, progress=progress, keep_per_sample=keep,

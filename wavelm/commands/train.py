@@ -31,7 +31,8 @@ FLAGS = {"model": ("model", "preset"), "arch": ("model", "arch"), "steps": ("tra
          "device": ("train", "device"), "max_minutes": ("train", "max_minutes"),
          "eval_every": ("train", "eval_every"), "warmup": ("train", "warmup"), "seed": ("train", "seed"),
          "threads": ("train", "threads"), "format": ("data", "format"),
-         "quantization": ("data", "quantization"), "data": ("data", "path")}
+         "quantization": ("data", "quantization"), "data": ("data", "path"),
+         "init": ("train", "init")}
 
 
 def add_arguments(p):
@@ -55,6 +56,8 @@ def add_arguments(p):
     p.add_argument("--quantization", choices=("s4", "mulaw"), help="youtubemix format only")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="any recipe field, e.g. --set model.d_model=64 --set train.grad_clip=0.5")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from these weights (fine-tuning; the model config must match)")
     p.add_argument("--resume", action="store_true", help="continue RUN from RUN/last")
     p.add_argument("--overwrite", action="store_true", help="start RUN again (its cache is kept)")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop cleanly at STEP (resume later)")
@@ -155,6 +158,10 @@ def run(args) -> int:
     model_cfg, cfg, data_cfg = configs_from_recipe(recipe)
     if not data_cfg.path:
         raise UserError("--data is required (an audio folder or a token cache)")
+    if cfg.init:
+        from wavelm.checkpoint import read_config
+
+        read_config(Path(cfg.init).expanduser())    # a missing or broken --init fails before data prep
     rank0 = int(os.environ.get("RANK", "0")) == 0
     progress = not args.no_progress and sys.stderr.isatty()
     try:

@@ -25,10 +25,10 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, cfg.ffn_mult, cfg.dropout)
         self.conv = ConvStack(dim, llm_conv) if llm_conv else None
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        s = {"attn": self.attn.init_state(batch_size, device, dtype)}
+    def init_state(self, alloc):
+        s = {"attn": self.attn.init_state(alloc)}
         if self.conv is not None:
-            s["conv"] = [c.init_state(batch_size, device, dtype) for c in self.conv.convs]
+            s["conv"] = [c.init_state(alloc) for c in self.conv.convs]
         return s
 
     def forward(self, x, state=None):
@@ -37,6 +37,18 @@ class TransformerBlock(nn.Module):
         if self.conv is not None:
             x = x + self.conv(x, _get(state, "conv"))
         return x
+
+    def lower(self, b, state, x, C):
+        """The fast decode step, op for op as forward (wavelm/decode/lower.py); x in place."""
+        h, a = b.tmp(C), b.tmp(C)
+        b.norm(self.norm, x, h, C)
+        self.attn.lower(b, state["attn"], h, a)
+        b.axpy(x, a, C)
+        self.ffn.lower(b, x, a)
+        b.axpy(x, a, C)
+        if self.conv is not None:
+            self.conv.lower(b, state["conv"], x, a)
+            b.axpy(x, a, C)
 
     def lookback(self):
         conv = sum(c.lookback() for c in self.conv.convs) if self.conv is not None else 0
@@ -55,9 +67,8 @@ class ConformerBlock(nn.Module):
         self.ffn2 = FeedForward(dim, cfg.ffn_mult, cfg.dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        return {"attn": self.attn.init_state(batch_size, device, dtype),
-                "conv": self.conv.dw.init_state(batch_size, device, dtype)}
+    def init_state(self, alloc):
+        return {"attn": self.attn.init_state(alloc), "conv": self.conv.dw.init_state(alloc)}
 
     def forward(self, x, state=None):
         x = x + 0.5 * self.ffn1(x)
@@ -65,6 +76,19 @@ class ConformerBlock(nn.Module):
         x = x + self.conv(x, _get(state, "conv"))
         x = x + 0.5 * self.ffn2(x)
         return self.norm(x)
+
+    def lower(self, b, state, x, C):
+        h, a = b.tmp(C), b.tmp(C)
+        self.ffn1.lower(b, x, a)
+        b.axpy(x, a, C, 0.5)
+        b.norm(self.norm_attn, x, h, C)
+        self.attn.lower(b, state["attn"], h, a)
+        b.axpy(x, a, C)
+        self.conv.lower(b, state["conv"], x, a)
+        b.axpy(x, a, C)
+        self.ffn2.lower(b, x, a)
+        b.axpy(x, a, C, 0.5)
+        b.norm(self.norm, x, x, C)
 
     def lookback(self):
         return self.attn.lookback() + self.conv.dw.lookback()
@@ -78,12 +102,19 @@ class ConvBlock(nn.Module):
         self.mix = GatedConv(dim, cfg.conv_kernel, dilation, cfg.dropout)
         self.ffn = FeedForward(dim, cfg.ffn_mult, cfg.dropout)
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        return {"conv": self.mix.dw.init_state(batch_size, device, dtype)}
+    def init_state(self, alloc):
+        return {"conv": self.mix.dw.init_state(alloc)}
 
     def forward(self, x, state=None):
         x = x + self.mix(x, _get(state, "conv"))
         return x + self.ffn(x)
+
+    def lower(self, b, state, x, C):
+        a = b.tmp(C)
+        self.mix.lower(b, state["conv"], x, a)
+        b.axpy(x, a, C)
+        self.ffn.lower(b, x, a)
+        b.axpy(x, a, C)
 
     def lookback(self):
         return self.mix.dw.lookback()

@@ -10,31 +10,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .state import AttnState, ConvState
+from .state import AttnState, ConvState, zero_state
 
 
 class CausalConv(nn.Module):
-    """Causal 1-D conv over (B, T, C). The state holds the last (K-1)*dilation inputs, the
-    same values training pads with (zeros at the start of a stream)."""
+    """Causal 1-D conv over (B, T, C). The state is a ring of the last (K-1)*dilation inputs,
+    the same values training pads with (zeros at the start of a stream); the torch forward
+    leaves it in time order (head 0), the fast decoder writes one slot per step."""
 
     def __init__(self, c_in, c_out, kernel, dilation=1, groups=1, bias=True):
         super().__init__()
         self.conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation, groups=groups, bias=bias)
         self.context = (kernel - 1) * dilation
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        w = self.conv.weight
-        return ConvState(torch.zeros(batch_size, self.conv.in_channels, self.context,
-                                     device=device or w.device, dtype=dtype or w.dtype))
+    def init_state(self, alloc):
+        return ConvState(alloc.floats(alloc.B, self.context, self.conv.in_channels), alloc.clock(1))
 
     def forward(self, x, state: ConvState | None = None):
-        x = x.transpose(1, 2)                                   # (B, C, T)
+        L = self.context
         if state is None:
-            x = F.pad(x, (self.context, 0))
+            x = F.pad(x.transpose(1, 2), (L, 0))                # (B, C, L + T)
+        elif L:
+            h = int(state.head)                                 # the fast decoder leaves h != 0
+            past = state.ring if h == 0 else torch.roll(state.ring, -h, 1)
+            xs = torch.cat([past, x], dim=1)                    # (B, L + T, C), oldest first
+            state.ring.copy_(xs[:, xs.shape[1] - L:].detach())
+            state.head.zero_()
+            x = xs.transpose(1, 2)
         else:
-            x = torch.cat([state.buf, x], dim=2)                # (B, C, L + T)
-            state.buf = x[:, :, x.shape[2] - self.context:]
+            x = x.transpose(1, 2)
         return self.conv(x).transpose(1, 2)                     # (B, T, C_out)
+
+    def lower(self, b, state, src, dst):
+        """The fast decode step of this module (wavelm/decode/lower.py)."""
+        conv = self.conv
+        k, d, cin, cout = conv.kernel_size[0], conv.dilation[0], conv.in_channels, conv.out_channels
+        bias = conv.bias if conv.bias is not None else torch.zeros(cout)
+        if conv.groups == cin == cout:
+            b.dwconv(src, dst, cin, k, d, conv.weight[:, 0, :].T, bias, state)
+        elif conv.groups == 1 and d == 1:
+            b.conv(src, dst, cin, cout, k, conv.weight.permute(2, 0, 1), bias, state)
+        else:
+            raise NotImplementedError("fast step: grouped or dilated full conv")
 
     def lookback(self):
         return self.context
@@ -54,9 +71,11 @@ class Attention(nn.Module):
     """Causal multi-head attention over a sliding window of W steps, rotary positions.
 
     Keys live in a ring buffer of static shape (B, H, W, D) with the absolute position of each
-    slot; the mask comes from positions only: key p is visible to query q iff
-    0 <= p <= q and q - p < W. Long chunks are processed in blocks of S = min(T, W/4) queries,
-    each against W + S keys, so training never builds a T x T mask.
+    slot; the mask comes from positions only: key p is visible to query q of stream b iff
+    start[b] <= p <= q and q - p < W (positions are a clock shared by the batch; rotary
+    embeddings depend only on q - p, so a stream reset at any time equals a fresh one).
+    Long chunks are processed in blocks of S = min(T, W/4) queries, each against W + S keys,
+    so training never builds a T x T mask.
     With `cat_kernel` > 0 (CAT), Q, K and V pass through a causal depthwise conv first.
     """
 
@@ -68,28 +87,22 @@ class Attention(nn.Module):
         self.qkv_conv = CausalConv(3 * dim, 3 * dim, cat_kernel, groups=3 * dim) if cat_kernel else None
         self.dropout = dropout
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        p = self.qkv.weight
-        device, dtype = device or p.device, dtype or p.dtype
-        shape = (batch_size, self.h, self.w, self.d)
-        return AttnState(
-            k=torch.zeros(shape, device=device, dtype=dtype),
-            v=torch.zeros(shape, device=device, dtype=dtype),
-            pos=torch.full((self.w,), -1, device=device, dtype=torch.int64),
-            offset=torch.zeros((), device=device, dtype=torch.int64),
-            qkv_conv=self.qkv_conv.init_state(batch_size, device, dtype) if self.qkv_conv else None,
-        )
+    def init_state(self, alloc):
+        B, H, W, D = alloc.B, self.h, self.w, self.d
+        return AttnState(k=alloc.floats(B, H, W, D), v=alloc.floats(B, H, W, D), pos=alloc.ints(W, fill=-1),
+                         offset=alloc.ints(1), start=alloc.ints(B),
+                         qkv_conv=self.qkv_conv.init_state(alloc) if self.qkv_conv else None)
 
     def forward(self, x, state: AttnState | None = None):
         B, T, C = x.shape
         fresh = state is None
         if fresh:
-            state = self.init_state(B, x.device, x.dtype)
+            state = zero_state(self, B, x.device, x.dtype)
         qkv = self.qkv(x)
         if self.qkv_conv is not None:
-            qkv = self.qkv_conv(qkv, state.qkv_conv)
+            qkv = self.qkv_conv(qkv, None if fresh else state.qkv_conv)
         q, k, v = qkv.view(B, T, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
-        pos = state.offset + torch.arange(T, device=x.device)               # (T,)
+        pos = state.offset + torch.arange(T, device=x.device)               # (T,) the shared clock
         q, k = rope(q, pos, self.base), rope(k, pos, self.base)
         if fresh and T <= self.w:
             # a fresh stream no longer than the window: the position rule is plain causal
@@ -129,7 +142,8 @@ class Attention(nn.Module):
         pk = p_ext.unfold(0, W + S, S)[:, None, :]        # (n, 1, W + S)
         pq = pos_all.view(n, S, 1)                        # (n, S, 1)
         mask = (pk >= 0) & (pk <= pq) & (pq - pk < W)     # (n, S, W + S)
-        mask = mask[:, None].expand(n, 1, S, W + S).repeat(B, 1, 1, 1)  # (B n, 1, S, W + S)
+        mask = mask & (pk >= state.start.view(B, 1, 1, 1))  # (B, n, S, W + S): a reset stream's past
+        mask = mask.reshape(B * n, 1, S, W + S)
         qb = q.reshape(B, H, n, S, D).transpose(1, 2).reshape(B * n, H, S, D)
         y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -138,10 +152,22 @@ class Attention(nn.Module):
     def _remember(self, k, v, pos, state):
         m = min(k.shape[2], self.w)                       # only the last W keys can matter
         slots = pos[-m:] % self.w
-        state.k = state.k.index_copy(2, slots, k[:, :, -m:])
-        state.v = state.v.index_copy(2, slots, v[:, :, -m:])
-        state.pos = state.pos.index_copy(0, slots, pos[-m:])
-        state.offset = state.offset + k.shape[2]
+        state.k.index_copy_(2, slots, k[:, :, -m:].detach())
+        state.v.index_copy_(2, slots, v[:, :, -m:].detach())
+        state.pos.index_copy_(0, slots, pos[-m:])
+        state.offset.add_(k.shape[2])
+
+    def lower(self, b, state, src, dst):
+        C = self.h * self.d
+        qkv = b.tmp(3 * C)
+        b.linear(self.qkv, src, qkv)
+        if self.qkv_conv is not None:
+            conv = b.tmp(3 * C)
+            self.qkv_conv.lower(b, state.qkv_conv, qkv, conv)
+            qkv = conv
+        y = b.tmp(C)
+        b.attend(qkv, y, self.h, self.d, self.w, self.base, state)
+        b.linear(self.out, y, dst)
 
     def lookback(self):
         return self.w - 1 + (self.qkv_conv.lookback() if self.qkv_conv else 0)
@@ -159,6 +185,14 @@ class FeedForward(nn.Module):
     def forward(self, x):
         # SiLU, not GELU: same quality here and far cheaper per call on CPU (see docs/design.md)
         return F.dropout(self.down(F.silu(self.up(self.norm(x)))), self.dropout, self.training)
+
+    def lower(self, b, src, dst):
+        C, hidden = self.up.in_features, self.up.out_features
+        h, u = b.tmp(C), b.tmp(hidden)
+        b.norm(self.norm, src, h, C)
+        b.linear(self.up, h, u)
+        b.silu(u, hidden)
+        b.linear(self.down, u, dst)
 
 
 class ConformerConv(nn.Module):
@@ -178,6 +212,18 @@ class ConformerConv(nn.Module):
         x = F.glu(self.pw1(self.norm(x)), dim=-1)
         x = F.silu(self.dw_norm(self.dw(x, state)))
         return F.dropout(self.pw2(x), self.dropout, self.training)
+
+    def lower(self, b, state, src, dst):
+        C = self.pw2.in_features
+        h, a, g, y = b.tmp(C), b.tmp(C), b.tmp(C), b.tmp(C)
+        b.norm(self.norm, src, h, C)
+        b.linear(self.pw1, h, a, rows=slice(0, C))             # GLU: a * sigmoid(g)
+        b.linear(self.pw1, h, g, rows=slice(C, 2 * C))
+        b.gate(a, g, C, "sigmoid")
+        self.dw.lower(b, state, a, y)
+        b.norm(self.dw_norm, y, y, C)
+        b.silu(y, C)
+        b.linear(self.pw2, y, dst)
 
 
 class ConvStack(nn.Module):
@@ -199,6 +245,18 @@ class ConvStack(nn.Module):
                 h = F.relu(h)
         return h
 
+    def lower(self, b, states, src, dst):
+        C = self.convs[0].conv.in_channels
+        h = b.tmp(C)
+        b.norm(self.norm, src, h, C)
+        for i, conv in enumerate(self.convs):
+            last = i == len(self.convs) - 1
+            out = dst if last else b.tmp(conv.conv.out_channels)
+            conv.lower(b, states[i], h, out)
+            if not last:
+                b.relu(out, conv.conv.out_channels)
+            h = out
+
 
 class GatedConv(nn.Module):
     """Attention-free time mixing (conv arch): LN -> linear to 2C -> dilated causal depthwise
@@ -217,6 +275,12 @@ class GatedConv(nn.Module):
         y = self.dw(a, state) * F.silu(g)
         return F.dropout(self.out(y), self.dropout, self.training)
 
-
-def conv_states(module, batch_size, device, dtype):
-    return [m.init_state(batch_size, device, dtype) for m in module.modules() if isinstance(m, CausalConv)]
+    def lower(self, b, state, src, dst):
+        C = self.out.in_features
+        h, a, g, y = b.tmp(C), b.tmp(C), b.tmp(C), b.tmp(C)
+        b.norm(self.norm, src, h, C)
+        b.linear(self.inp, h, a, rows=slice(0, C))
+        b.linear(self.inp, h, g, rows=slice(C, 2 * C))
+        self.dw.lower(b, state, a, y)
+        b.gate(y, g, C, "silu")
+        b.linear(self.out, y, dst)

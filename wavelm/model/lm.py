@@ -22,7 +22,7 @@ from wavelm.checkpoint import Pretrained
 
 from .blocks import make_blocks
 from .config import ModelConfig
-from .state import PoolState, StackState, State
+from .state import Alloc, PoolState, StackState, State
 
 
 class Pool(nn.Module):
@@ -32,7 +32,7 @@ class Pool(nn.Module):
     Up: each inner output is projected to p steps that serve the *next* group, so the output at
     step t only sees inputs of groups that ended before t's group began (zeros for group 0).
     Streaming: the state buffers the r < p inputs of the incomplete group and the p outputs
-    held for the current group; the inner stage runs once per completed group.
+    held for the current group, in place; the inner stage runs once per completed group.
     """
 
     def __init__(self, p, dim, inner_dim, inner: "Stage"):
@@ -42,31 +42,46 @@ class Pool(nn.Module):
         self.inner = inner
         self.up = nn.Linear(inner_dim, p * dim)
 
-    def init_state(self, batch_size, device=None, dtype=None):
-        w = self.down.weight
-        device, dtype = device or w.device, dtype or w.dtype
-        C = self.up.out_features // self.p
-        return PoolState(buf=torch.zeros(batch_size, 0, C, device=device, dtype=dtype),
-                         held=torch.zeros(batch_size, self.p, C, device=device, dtype=dtype),
-                         inner=self.inner.init_state(batch_size, device, dtype))
+    def init_state(self, alloc):
+        B, p, C = alloc.B, self.p, self.up.out_features // self.p
+        return PoolState(buf=alloc.floats(B, p, C), held=alloc.floats(B, p, C), r=alloc.clock(1),
+                         inner=self.inner.init_state(alloc))
 
     def forward(self, x, state: PoolState | None = None):
         B, T, C = x.shape
         p = self.p
-        if state is None:
-            state = self.init_state(B, x.device, x.dtype)
-        r = state.buf.shape[1]
-        xs = torch.cat([state.buf, x], dim=1)                          # (B, r + T, C)
+        if state is None:                                              # a fresh stream
+            g = T // p
+            u = self.up(self.inner(self.down(x[:, :g * p].reshape(B, g, p * C)))).reshape(B, g * p, C)
+            return torch.cat([x.new_zeros(B, p, C), u], dim=1)[:, :T]
+        r = int(state.r)
+        xs = torch.cat([state.buf[:, :r], x], dim=1)                   # (B, r + T, C)
         g = xs.shape[1] // p
         if g:
             z = self.down(xs[:, :g * p].reshape(B, g, p * C))          # (B, g, C_inner)
             u = self.up(self.inner(z, state.inner)).reshape(B, g * p, C)
             seq = torch.cat([state.held, u], dim=1)                    # (B, p + g p, C)
+            out = seq[:, r:r + T]
+            state.held.copy_(seq[:, g * p:g * p + p].detach())
         else:
-            seq = state.held
-        state.held = seq[:, g * p:g * p + p]
-        state.buf = xs[:, g * p:]
-        return seq[:, r:r + T]                                         # (B, T, C)
+            out = state.held[:, r:r + T].clone()                       # not a view of the state
+        rest = xs.shape[1] - g * p
+        state.buf[:, :rest] = xs[:, g * p:].detach()
+        state.r.fill_(rest)
+        return out                                                     # (B, T, C)
+
+    def lower(self, b, state, x, C):
+        """The fast decode step (wavelm/decode/lower.py): one input per step; the down-pool,
+        the inner stage and the up-pool run only when the step completes a group."""
+        p, inner_dim = self.p, self.down.out_features
+        out, group, z, held = b.tmp(C), b.tmp(p * C), b.tmp(inner_dim), b.tmp(p * C)
+        label = b.pool(x, out, C, p, state, group)
+        b.linear(self.down, group, z)                      # (B, p C) -> (B, C_inner)
+        self.inner.lower(b, state.inner, z, inner_dim)
+        b.linear(self.up, z, held)                         # (B, C_inner) -> (B, p C)
+        b.store(state.held, held, p * C)
+        b.land(label)                                      # an incomplete group skips to here
+        b.axpy(x, out, C)
 
     def lookback(self):
         # a group's inputs reach outputs at most two groups later, plus the inner stage's reach
@@ -88,10 +103,9 @@ class Stage(nn.Module):
         self.pool = Pool(cfg.pool[i], dim, cfg.stage_dims[i + 1], Stage(cfg, i + 1)) if inner else None
         self.norm = nn.LayerNorm(dim)
 
-    def init_state(self, batch_size, device=None, dtype=None) -> StackState:
-        return StackState(
-            blocks=[b.init_state(batch_size, device, dtype) for b in (*self.pre, *self.post)],
-            pool=self.pool.init_state(batch_size, device, dtype) if self.pool is not None else None)
+    def init_state(self, alloc) -> StackState:
+        return StackState(blocks=[b.init_state(alloc) for b in (*self.pre, *self.post)],
+                          pool=self.pool.init_state(alloc) if self.pool is not None else None)
 
     def forward(self, x, state: StackState | None = None):
         blocks = (*self.pre, *self.post)
@@ -102,6 +116,16 @@ class Stage(nn.Module):
         if not self.post and self.pool is not None:
             x = x + self.pool(x, None if state is None else state.pool)
         return self.norm(x)
+
+    def lower(self, b, state, x, C):
+        blocks = (*self.pre, *self.post)
+        for j, block in enumerate(blocks):
+            if j == len(self.pre) and self.pool is not None:
+                b.lower(self.pool, state.pool, x, C)
+            b.lower(block, state.blocks[j], x, C)
+        if not self.post and self.pool is not None:
+            b.lower(self.pool, state.pool, x, C)
+        b.norm(self.norm, x, x, C)
 
     def lookback(self):
         return sum(b.lookback() for b in (*self.pre, *self.post)) + (self.pool.lookback() if self.pool else 0)
@@ -131,7 +155,8 @@ class WaveLM(Pretrained, nn.Module):
     def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
         """A zero state ("nothing seen yet") for `batch_size` streams."""
         p = self.head.weight
-        return State(self.body.init_state(batch_size, device or p.device, dtype or p.dtype), batch_size)
+        alloc = Alloc(batch_size, device or p.device, dtype or p.dtype)
+        return alloc.finish(self.body.init_state(alloc))
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> torch.Tensor:
         """tokens (B, T) int64 in [0, 256) -> logits (B, T, 256) predicting the next sample."""
@@ -144,6 +169,17 @@ class WaveLM(Pretrained, nn.Module):
     def forward_embedded(self, h: torch.Tensor, state: State | None = None) -> torch.Tensor:
         """The model after the embedding: (B, T, C) -> logits (B, T, 256)."""
         return self.head(self.body(h, None if state is None else state.stack))
+
+    def lower(self, b, state: State) -> int:
+        """Emit the fast decode step into builder `b` (wavelm/decode/lower.py); returns the
+        scratch offset of the (B, V) logits."""
+        C = self.config.stage_dims[0]
+        x = b.tmp(C)
+        b.embed(self.embed, x)
+        b.lower(self.body, state.stack, x, C)
+        logits = b.tmp(self.head.out_features)
+        b.linear(self.head, x, logits)
+        return logits
 
     def receptive_field(self) -> int:
         """An upper bound on how many past steps an output can depend on, plus one."""

@@ -1,66 +1,35 @@
-"""CUDA decode: the reference step (the model's forward with state + generate.sample_torch),
-`period` steps at a time captured in one CUDA graph and replayed, so a sample costs no kernel
-launches from Python and no host sync.
+"""CUDA decode: the reference step (the model's forward with state + sampling.sample_torch)
+captured in a CUDA graph and replayed, so a sample costs no kernel launches from Python and
+no host sync.
 
-Static shapes: the streaming state's tensors are replaced (not written) by each step, and a
-pooled model's group buffers change shape from step to step. Both repeat every `period` =
-hop of the innermost stage steps (16 for pool [4, 4]): at a multiple of it every group buffer
-is empty. So the graph runs a whole period, then copies the new state into the static tensors
-it started from. Generation is aligned to a period boundary first (eager reference steps after
-a prompt) and produced in whole periods (the surplus is kept for the next call).
+The streaming state is fixed-shape and written in place (wavelm/model/state.py), so the graph
+reads and writes the state's own tensors: nothing is copied back. What one step does depends
+on its phase in the pooling groups (the inner stages run only when a group completes), and
+the phase is host control flow (the state's `clock`), so the graph holds one whole period =
+hop of the innermost stage (16 steps for pool [4, 4]); the clock is back where it started at
+the end of a period, which is what makes the replay valid. Generation is aligned to a period
+boundary first (eager reference steps after a prompt) and produced in whole periods (the
+surplus is kept for the next call).
 
 `capture=False` runs the very same code eagerly: that is how the CPU tests check it.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 import torch
 
+from .reference import TorchDecoder
+from .sampling import sample_torch
+
 log = logging.getLogger(__name__)
-
-
-def _slots(o, out=None) -> list:
-    """(container, key) of every tensor in a state tree; containers are mutated in place by the
-    model, so the slots stay valid from step to step."""
-    out = [] if out is None else out
-    if dataclasses.is_dataclass(o):
-        items = [(f.name, getattr(o, f.name)) for f in dataclasses.fields(o)]
-    elif isinstance(o, dict):
-        items = list(o.items())
-    elif isinstance(o, list):
-        items = list(enumerate(o))
-    else:
-        return out
-    for k, v in items:
-        if isinstance(v, torch.Tensor):
-            out.append((o, k))
-        else:
-            _slots(v, out)
-    return out
-
-
-def _get(slot):
-    o, k = slot
-    return getattr(o, k) if dataclasses.is_dataclass(o) else o[k]
-
-
-def _set(slot, value):
-    o, k = slot
-    if dataclasses.is_dataclass(o):
-        setattr(o, k, value)
-    else:
-        o[k] = value
 
 
 class GraphDecoder:
     name = "cuda-graph"
 
     def __init__(self, model, state, tok, sampling, noise, position: int = 0, capture: bool = True):
-        from wavelm.generate import TorchDecoder
-
         self.model, self.state, self.sampling, self.noise = model, state, sampling, noise
         self.period = int(model.config.hop[-1])
         self.phase = int(position) % self.period
@@ -81,7 +50,8 @@ class GraphDecoder:
         head, rest = self.pending[:, :got], self.pending[:, got:]
         parts = []
         while got < n:
-            if self.phase:                     # align to a period boundary, eagerly
+            if self.phase:                     # align to a period boundary, eagerly (only before
+                                               # the first period: periods keep the alignment)
                 k = min(n - got, self.period - self.phase)
                 parts.append(self.ref.steps(k))
                 self.last_logits = self.ref.last_logits
@@ -100,27 +70,13 @@ class GraphDecoder:
         tok = self.static_tok
         for i in range(self.period):
             logits = self.model(tok[:, None], state=state)[:, 0]
-            tok = self._sample(logits, self.static_u[i], self.sampling)
+            tok = sample_torch(logits, self.static_u[i], self.sampling)
             self.static_out[:, i] = tok
         self.static_tok.copy_(tok)
         self.static_logits.copy_(logits)
 
-    def _writeback(self):
-        for slot, s in zip(self.slots, self.static):
-            new = _get(slot)
-            if new is not s:
-                s.copy_(new)
-            _set(slot, s)
-
     def _setup(self):
-        from wavelm.generate import sample_torch
-
-        self._sample = sample_torch
         B, dev = self.ref.tok.shape[0], self.ref.tok.device
-        self.slots = _slots(self.state.stack)
-        self.static = [_get(s).clone() for s in self.slots]
-        for slot, s in zip(self.slots, self.static):
-            _set(slot, s)
         self.static_tok = self.ref.tok.clone()
         self.static_u = torch.zeros((self.period, B), dtype=torch.float64, device=dev)
         self.static_out = torch.zeros((B, self.period), dtype=torch.int64, device=dev)
@@ -132,8 +88,6 @@ class GraphDecoder:
                 self.graph = self._capture()
             except RuntimeError as e:  # capture is best effort: the same steps run eagerly
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", str(e).splitlines()[0][:200])
-                for slot, s in zip(self.slots, self.static):
-                    _set(slot, s)
 
     def _capture(self):
         tok0 = self.static_tok.clone()
@@ -144,11 +98,8 @@ class GraphDecoder:
         torch.cuda.current_stream().wait_stream(side)
         self.static_tok.copy_(tok0)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body(self.state)
-            self._writeback()
-        for slot, s in zip(self.slots, self.static):   # capture left graph tensors in the state
-            _set(slot, s)
+        with torch.cuda.graph(graph):             # records the device ops without running them;
+            self._body(self.state)                # the host clock went round one period
         log.debug("captured a CUDA graph of %d decode steps", self.period)
         return graph
 
@@ -160,7 +111,6 @@ class GraphDecoder:
             self.graph.replay()
         else:
             self._body(self.state)
-            self._writeback()
         self.last_logits = self.static_logits
         return self.static_out.clone()
 

@@ -1,10 +1,11 @@
 """Numba kernels of the fast decode step: a tiny interpreter over a flat program.
 
-The model is compiled (see program.py) into rows of int64 `prog[pc] = (op, a1, a2, ...)`
-over three flat arrays: P (weights, read-only), M (scratch + streaming state, model dtype)
-and I (int64 state: ring heads, slot positions, offsets, pool counters). Every op handles the
-whole batch; regions in M are (B, n) row-major. One `decode` call runs many samples, sampling
-included, without returning to Python.
+The model is lowered (see lower.py) into rows of int64 `prog[pc] = (op, a1, a2, ...)` over
+four flat arrays: P (weights, read-only), M (scratch, model dtype), F (the float streaming
+state) and I (its int64 state: ring heads, slot positions, offsets, starts, pool counters).
+F and I are views of a torch `State`'s tensors (wavelm/model/state.py, same layout). Every op
+handles the whole batch; regions in M are (B, n) row-major. One `decode` call runs many
+samples, sampling included, without returning to Python.
 
 # B batch, C channels, H heads, D head dim, W window, K kernel, L ring length, V vocab
 """
@@ -22,18 +23,19 @@ JIT = dict(fastmath=FM, cache=True, nogil=True, error_model="numpy")
 
 # opcodes (operand layout in the comment; offsets index P, M or I as named)
 EMBED = 0     # dst, w, C, V                   dst[b] = w[tok[b]]
-LN = 1        # src, dst, C, g, b, eps_idx     LayerNorm (may be in place)
+LN = 1        # src, dst, C, g, b, eps_idx     LayerNorm (may be in place); b < 0: RMSNorm
 LINEAR = 2    # src, dst, n_in, n_out, w, b    dst = W src + b   (b < 0: no bias)
 SILU = 3      # x, n                           in place
 RELU = 4      # x, n                           in place
 GATE = 5      # a, g, n, kind                  a *= sigmoid(g) (kind 0) or silu(g) (kind 1)
 AXPY = 6      # dst, src, n, alpha_idx         dst += alpha * src
-DWCONV = 7    # src, dst, C, K, dil, w, b, ring, head     causal depthwise conv, ring state
+DWCONV = 7    # src, dst, C, K, dil, w, b, ring, head     causal depthwise conv, ring state (F)
 CONV = 8      # src, dst, Cin, Cout, K, w, b, ring, head  causal full conv (dilation 1)
-ATTN = 9      # qkv, dst, H, D, W, kv, pos, off, inv, scores   single-query ring attention
-POOL = 10     # src, dst, C, p, buf, held, r, jump     dst = held[r]; buf[r] = src; r += 1;
-              #                                        jump unless the group is complete
-NCOLS = 12
+ATTN = 9      # qkv, dst, H, D, W, k, v, pos, off, start, inv, scores   one query per stream
+POOL = 10     # src, dst, C, p, buf, held, r, jump, grp    dst = held[r]; buf[r] = src; r += 1;
+              #                      jump unless the group is complete, else copy buf to grp
+STORE = 11    # dst, src, n                    F[dst:dst + B n] = M[src:src + B n]
+NCOLS = 14
 
 
 @njit(**JIT)
@@ -49,9 +51,19 @@ def _embed(P, M, tok, dst, w, C, V):
 def _layernorm(P, M, C64, B, src, dst, C, g, bb, eps_idx):
     X = M[src:src + B * C].reshape(B, C)
     Y = M[dst:dst + B * C].reshape(B, C)
-    gw, bw = P[g:g + C], P[bb:bb + C]
+    gw, bw = P[g:g + C], P[max(bb, 0):max(bb, 0) + C]
     eps = C64[eps_idx]
     zero, n = M.dtype.type(0), M.dtype.type(C)
+    if bb < 0:                                        # RMSNorm: no centring, no bias
+        for b in range(B):
+            x, y = X[b], Y[b]
+            ms = zero
+            for c in range(C):
+                ms += x[c] * x[c]
+            r = M.dtype.type(1.0 / math.sqrt(ms / n + eps))
+            for c in range(C):
+                y[c] = x[c] * r * gw[c]
+        return
     for b in range(B):
         x, y = X[b], Y[b]
         mean = zero
@@ -246,7 +258,7 @@ def _axpy(M, C64, dst, src, n, alpha_idx):
 
 
 @njit(**JIT)
-def _dwconv(P, M, I, B, src, dst, C, K, dil, w, bias, ring, head):
+def _dwconv(P, M, F, I, B, src, dst, C, K, dil, w, bias, ring, head):
     """y[t] = b + sum_k w[k] x[t - (K-1-k) dil]; the ring (B, L, C) holds the last L = (K-1) dil
     inputs, oldest at slot I[head]. Weights are stored (K, C)."""
     L = (K - 1) * dil
@@ -254,7 +266,7 @@ def _dwconv(P, M, I, B, src, dst, C, K, dil, w, bias, ring, head):
     Wk = P[w:w + K * C].reshape(K, C)
     X = M[src:src + B * C].reshape(B, C)
     Y = M[dst:dst + B * C].reshape(B, C)
-    R = M[ring:ring + B * L * C].reshape(B * L, C)      # row b * L + slot
+    R = F[ring:ring + B * L * C].reshape(B * L, C)      # row b * L + slot
     for b in range(B):
         _copy(Y[b], P[bias:bias + C])
         for k in range(K):
@@ -281,13 +293,13 @@ def _fma(y, a, x):
 
 
 @njit(**JIT)
-def _conv(P, M, I, B, src, dst, Cin, Cout, K, w, bias, ring, head):
+def _conv(P, M, F, I, B, src, dst, Cin, Cout, K, w, bias, ring, head):
     """Full causal conv, dilation 1; weights stored (K, Cout, Cin), ring (B, L, Cin)."""
     L = K - 1
     h = I[head]
     X = M[src:src + B * Cin].reshape(B, Cin)
     Y = M[dst:dst + B * Cout].reshape(B, Cout)
-    R = M[ring:ring + B * L * Cin].reshape(B * L, Cin)
+    R = F[ring:ring + B * L * Cin].reshape(B * L, Cin)
     Wk = P[w:w + K * Cout * Cin].reshape(K * Cout, Cin)
     tmp = np.empty(Cout, M.dtype)
     for b in range(B):
@@ -304,11 +316,11 @@ def _conv(P, M, I, B, src, dst, Cin, Cout, K, w, bias, ring, head):
 
 
 @njit(**JIT)
-def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores, ex):
-    """One query per stream against the KV ring, stored transposed (B, H, D, W) so that the
-    scores and the weighted sum of values vectorise over the window. Slot = position % W.
-    A stream starts at position 0, so the visible keys are slots [0, min(pos + 1, W)).
-    Rotary angles as in layers.rope: angle in float64, cos/sin in the model dtype."""
+def _attn(M, F, I, C64, B, src, dst, H, D, W, kof, vof, pos, off, start, inv, scores, ex):
+    """One query per stream against the KV ring (B, H, W, D) in F, slot = position % W (the
+    layout of layers.Attention). Slots [0, min(pos + 1, W)) hold keys; stream b sees those at
+    positions >= I[start + b] (a reset stream does not see its past). Rotary angles as in
+    layers.rope: angle in float64, cos/sin in the model dtype."""
     C = H * D
     q_pos = I[off]
     slot = q_pos % W
@@ -327,9 +339,12 @@ def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores, ex):
     scale = M.dtype.type(1.0 / math.sqrt(D))
     zero = M.dtype.type(0)
     QKV = M[src:src + B * 3 * C].reshape(B, 3, H, D)
-    KV = M[kv:kv + 2 * B * H * D * W].reshape(2, B, H, D, W)
+    Kc = F[kof:kof + B * H * W * D].reshape(B, H, W, D)
+    Vc = F[vof:vof + B * H * W * D].reshape(B, H, W, D)
     Y = M[dst:dst + B * C].reshape(B, H, D)
+    slot_pos = I[pos:pos + n]
     for b in range(B):
+        first = I[start + b]
         for h in range(H):
             q, k, v = QKV[b, 0, h], QKV[b, 1, h], QKV[b, 2, h]
             for x in (q, k):                          # rotate pairs (2i, 2i + 1)
@@ -337,48 +352,61 @@ def _attn(M, I, C64, B, src, dst, H, D, W, kv, pos, off, inv, scores, ex):
                     x1, x2 = x[2 * i], x[2 * i + 1]
                     x[2 * i] = x1 * cs[i] - x2 * sn[i]
                     x[2 * i + 1] = x1 * sn[i] + x2 * cs[i]
-            Kt, Vt = KV[0, b, h], KV[1, b, h]         # (D, W)
+            Kb, Vb = Kc[b, h], Vc[b, h]               # (W, D)
+            _copy(Kb[slot], k)
+            _copy(Vb[slot], v)
             for i in range(D):
-                Kt[i, slot] = k[i]
-                Vt[i, slot] = v[i]
+                q[i] *= scale
+            mx = -np.inf
             for j in range(n):
-                s[j] = 0
-            for i in range(D):
-                qi = q[i] * scale
-                kr = Kt[i]
-                for j in range(n):
-                    s[j] += qi * kr[j]
-            mx = s[0]
-            for j in range(n):
-                mx = max(mx, s[j])
+                kr = Kb[j]
+                acc = zero
+                for i in range(D):
+                    acc += q[i] * kr[i]
+                s[j] = acc
+                if slot_pos[j] >= first:
+                    mx = max(mx, acc)
             for j in range(n):
                 s[j] -= mx
             _vexp(s, ex)
             tot = zero
             for j in range(n):
+                if slot_pos[j] < first:
+                    s[j] = 0
                 tot += s[j]
             y = Y[b, h]
             for i in range(D):
-                vr = Vt[i]
-                acc = zero
-                for j in range(n):
-                    acc += s[j] * vr[j]
-                y[i] = acc / tot
+                y[i] = 0
+            for j in range(n):
+                if s[j] != 0:
+                    _axpy1(y, Vb[j], s[j])
+            inv_tot = 1 / tot
+            for i in range(D):
+                y[i] *= inv_tot
 
 
 @njit(**JIT)
-def _pool(M, I, B, src, dst, C, p, buf, held, r_idx):
+def _axpy1(y, x, a):
+    """y += a * x."""
+    for i in range(y.shape[0]):
+        y[i] += a * x[i]
+
+
+@njit(**JIT)
+def _pool(M, F, I, B, src, dst, C, p, buf, held, r_idx, grp):
+    """dst = held[r]; buf[r] = src; at the end of a group copy buf to the scratch `grp`."""
     r = I[r_idx]
     X = M[src:src + B * C].reshape(B, C)
     Y = M[dst:dst + B * C].reshape(B, C)
-    Hd = M[held:held + B * p * C].reshape(B, p, C)
-    Bf = M[buf:buf + B * p * C].reshape(B, p, C)
+    Hd = F[held:held + B * p * C].reshape(B, p, C)
+    Bf = F[buf:buf + B * p * C].reshape(B, p, C)
     for b in range(B):
         _copy(Y[b], Hd[b, r])
         _copy(Bf[b, r], X[b])
     r += 1
     if r == p:
         I[r_idx] = 0
+        _copy(M[grp:grp + B * p * C], F[buf:buf + B * p * C])
         return True
     I[r_idx] = r
     return False
@@ -454,7 +482,7 @@ def sample(x, temperature, top_k, top_p, u, ex, tmp):
 
 
 @njit(**JIT)
-def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out,
+def decode(prog, P, M, F, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out,
            forced, logits_out):
     """Run out.shape[1] steps: feed tok, sample the next token with uniform (n, B) in [0, 1),
     write it to out (B, n) and tok. The last step's logits (B, V) stay in M at `logits`.
@@ -484,15 +512,18 @@ def decode(prog, P, M, I, C64, ex, tok, uniform, temperature, top_k, top_p, logi
             elif op == GATE:
                 _gate(M, a[1], a[2], B * a[3], a[4], ex)
             elif op == DWCONV:
-                _dwconv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
+                _dwconv(P, M, F, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
             elif op == CONV:
-                _conv(P, M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
+                _conv(P, M, F, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])
             elif op == ATTN:
-                _attn(M, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], ex)
+                _attn(M, F, I, C64, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+                      a[12], ex)
             elif op == POOL:
-                if not _pool(M, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7]):
+                if not _pool(M, F, I, B, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[9]):
                     pc = a[8]
                     continue
+            elif op == STORE:
+                _copy(F[a[1]:a[1] + B * a[3]], M[a[2]:a[2] + B * a[3]])
             elif op == EMBED:
                 _embed(P, M, tok, a[1], a[2], a[3], a[4])
             pc += 1

@@ -13,10 +13,6 @@ sample (230 MB for an hour); `keep_per_sample=False` keeps only the totals.
 
 `score_split` gives the SaShiMi metric of a YouTubeMix split (or a token cache split): every
 chunk scored on its own from a zero state, bits pooled over all positions of all chunks.
-
-Note: `wavelm.score` is both this module and the function in it. Importing the module (as
-`from wavelm.score import score` does) makes the attribute `wavelm.score` the module, so the
-module is made callable: `wavelm.score(model, audio)` runs `score` either way.
 """
 from __future__ import annotations
 
@@ -30,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from wavelm.audio import LN2, ZERO, AudioError, audio_info, iter_audio, mulaw_encode
-from wavelm._callable import make_module_callable
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
@@ -291,5 +286,3 @@ def score_split(model, data, split: str = "test", quantization: str | None = Non
                                          total_bits=total, sample_rate=sr, num_chunks=k))
     return out
 
-
-make_module_callable(__name__, score)

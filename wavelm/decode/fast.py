@@ -1,9 +1,10 @@
-"""Fast CPU decode step: the whole model flattened into one numba-compiled program.
+"""Fast CPU decode step: the whole model lowered into one numba-compiled program.
 
 Eager PyTorch pays ~20 us per op, so a per-sample step of ~150 ops cannot pass ~300 samples/s
-on CPU. Here `program.compile_model` exports the weights once (fused per-op layouts, conv
-states as rings, the KV cache transposed), and `kernels.decode` runs many samples, sampling
-included, in one native call; pooled inner stages run once every p samples.
+on CPU. Here `lower.compile_model` exports the weights once (fused per-op layouts) and
+`kernels.decode` runs many samples, sampling included, in one native call; pooled inner stages
+run once every p samples. The streaming state is the torch `State` itself (numpy views of its
+flat tensors), so nothing is translated and either side can continue the other's stream.
 
     dec = FastDecoder(model, state, tok, sampling, noise)   # after a prefill through model.forward
     tokens = dec.run(4000)                                  # (B, 4000) int64
@@ -14,6 +15,7 @@ imported lazily: without it, `available()` says why and generation uses the torc
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +34,6 @@ def available() -> str | None:
 
 def _cached(kernels) -> bool:
     """Whether numba's on-disk cache of the decode step seems to exist (beside the module)."""
-    from pathlib import Path
-
     return any((Path(kernels.__file__).parent / "__pycache__").glob("kernels.decode-*.nbi"))
 
 
@@ -43,29 +43,30 @@ _NO_LOGITS = {np.dtype(d): np.zeros((0, 0, 0), d) for d in (np.float32, np.float
 
 class FastDecoder:
     """Sample-by-sample decoding with the numba program; same interface as the reference
-    generate.TorchDecoder: `run(n)` -> (B, n) int64 tokens, `last_logits` (B, V)."""
+    decode.reference.TorchDecoder: `run(n)` -> (B, n) int64 tokens, `last_logits` (B, V)."""
 
     name = "numba"
 
     def __init__(self, model, state, tok: torch.Tensor, sampling, noise):
-        from . import kernels
-        from .program import compile_model
+        from . import kernels  # numba: only where the fast step is used
+        from .lower import compile_model
 
         if not kernels.decode.signatures and not _cached(kernels):
             log.info("compiling the numba decode step (first run only, ~20-60 s; cached afterwards)")
+        self.kernels = kernels
         self.program = compile_model(model, state.batch_size)
-        self.program.load_state(state)
+        self.state = state
+        self.F, self.I = self.program.arrays(state)          # views: the state is written in place
         self.tok = tok.detach().cpu().numpy().astype(np.int64).copy()
         self.sampling, self.noise = sampling, noise
 
     def run(self, n: int) -> np.ndarray:
-        from . import kernels
-
         p, s = self.program, self.sampling
         out = np.empty((p.batch_size, n), np.int64)
         u = np.ascontiguousarray(self.noise.take(n).cpu().numpy(), dtype=np.float64)
-        kernels.decode(p.prog, p.P, p.M, p.I, p.C64, p.ex, self.tok, u, float(s.temperature),
-                       int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out, _NO_FORCE, _NO_LOGITS[p.M.dtype])
+        self.kernels.decode(p.prog, p.P, p.M, self.F, self.I, p.C64, p.ex, self.tok, u, float(s.temperature),
+                            int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out, _NO_FORCE,
+                            _NO_LOGITS[p.M.dtype])
         return out
 
     @property
@@ -74,4 +75,4 @@ class FastDecoder:
         return torch.from_numpy(self.program.logits_view().copy())
 
     def state_nbytes(self) -> int:
-        return self.program.nbytes()
+        return self.state.nbytes()

@@ -9,18 +9,10 @@ the model's rate, or a path to any audio file, resampled), the prompt runs throu
 own forward in chunks with a streaming state (the prefill), then generation continues one
 sample at a time from that state; the returned audio is the continuation only.
 
-Sampling: logits / temperature, optional top-k and top-p (nucleus) masks, then the inverse
-CDF of the distribution at a uniform u ~ U[0, 1) from a seeded torch.Generator, drawn in fixed
-blocks so the audio depends on the seed only, not on chunk sizes or the decoder. No host sync
-per sample on CUDA.
-
-Decoders (all behind the same tests): on CPU the numba program of wavelm.fast (whole model,
-sampling included, in one native call per chunk); on CUDA the reference step captured in a
-CUDA graph (wavelm.fast.cuda); anywhere, the reference: the model's forward with state, one
-sample at a time (`backend="torch"`).
-
-Note: `wavelm.generate` is both this module and the function in it; the module is made
-callable so `wavelm.generate(model, ...)` works either way (as wavelm.score does).
+Sampling (wavelm/decode/sampling.py): logits / temperature, optional top-k and top-p, then
+the inverse CDF at a seeded uniform, so the audio depends on the seed only, not on chunk sizes
+or the decoder. Decoders (wavelm/decode/): on CPU the numba program lowered from the model, on
+CUDA the reference step in a CUDA graph, anywhere the reference (`backend="torch"`).
 """
 from __future__ import annotations
 
@@ -28,22 +20,19 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wavelm.audio import ZERO, load_audio, mulaw_decode, mulaw_encode
-from wavelm._callable import make_module_callable
+from wavelm.decode import BACKENDS, Noise, Sampling, make_decoder
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
 
 MAX_SECONDS = 600.0        # per call; memory of the state does not grow, the output does
-NOISE_BLOCK = 4096         # uniforms are drawn in blocks of this many steps (fixed: see top)
 PREFILL_CHUNK = 16384      # prompt samples per forward call
-BACKENDS = ("auto", "fast", "torch", "cuda-graph")
 MAX_BATCH = 256            # streams per call
 MAX_SEED = 2**63 - 1       # seeds are 0 .. 2**63 - 1 everywhere (API, CLI, demo)
 
@@ -83,131 +72,6 @@ def check_args(seconds=None, batch_size=1, temperature=1.0, top_p=1.0, top_k=Non
     sampling = Sampling(number("temperature", temperature), k, number("top_p", top_p))
     out.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
     return out
-
-
-# ----------------------------------------------------------------------------- sampling
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-
-    def __post_init__(self):
-        t, k, p = self.temperature, self.top_k, self.top_p
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-        if k is not None and not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {k!r}")
-        if not (isinstance(p, (int, float)) and 0 < p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
-
-
-def sample_torch(logits: torch.Tensor, u: torch.Tensor, s: Sampling) -> torch.Tensor:
-    """Tokens (B,) from logits (B, V) and uniforms u (B,) in [0, 1); the same rule as
-    fast.kernels.sample (its docstring), in torch ops without host sync."""
-    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32) / s.temperature
-    e = (x - x.amax(-1, keepdim=True)).exp()
-    V = e.shape[-1]
-    if s.top_k is not None and s.top_k < V:
-        kth = e.topk(s.top_k, dim=-1).values[:, -1:]
-        e = e.masked_fill(e < kth, 0)
-    if s.top_p < 1:
-        prob = e / e.to(torch.float64).sum(-1, keepdim=True).to(e.dtype)
-        sp = prob.sort(-1, descending=True).values
-        c = sp.to(torch.float64).cumsum(-1)
-        before = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], -1)   # mass of the more likely
-        thr = sp.masked_fill(before >= s.top_p, float("inf")).amin(-1, keepdim=True)
-        e = e.masked_fill(prob < thr, 0)
-    cdf = e.to(torch.float64).cumsum(-1)
-    tok = torch.searchsorted(cdf, (u.to(torch.float64) * cdf[:, -1])[:, None], right=True)[:, 0]
-    last = (torch.arange(V, device=e.device) * (e > 0)).argmax(-1)       # rounding guard
-    return torch.where(tok < V, tok, last)
-
-
-class Noise:
-    """Uniforms u (steps, B) from a seeded torch.Generator, drawn NOISE_BLOCK steps at a time."""
-
-    def __init__(self, seed: int, batch_size: int, device):
-        self.gen = torch.Generator(device=device).manual_seed(int(seed))
-        self.B, self.device = batch_size, device
-        self.block, self.pos = None, NOISE_BLOCK
-
-    def take(self, n: int) -> torch.Tensor:
-        """The next n steps' uniforms (n, B)."""
-        parts = [torch.empty((0, self.B), dtype=torch.float64, device=self.device)]
-        while n > 0:
-            if self.pos == NOISE_BLOCK:
-                self.block = torch.rand((NOISE_BLOCK, self.B), generator=self.gen, dtype=torch.float64,
-                                        device=self.device)
-                self.pos = 0
-            k = min(n, NOISE_BLOCK - self.pos)
-            parts.append(self.block[self.pos:self.pos + k])
-            self.pos += k
-            n -= k
-        return parts[-1] if len(parts) <= 2 else torch.cat(parts[1:])
-
-
-# ----------------------------------------------------------------------------- decoders
-
-class TorchDecoder:
-    """The reference: the model's own forward with state, one sample per call."""
-
-    name = "torch"
-
-    def __init__(self, model, state, tok: torch.Tensor, sampling: Sampling, noise: Noise):
-        self.model, self.state, self.tok = model, state, tok
-        self.sampling, self.noise = sampling, noise
-        self.last_logits = None
-
-    @torch.inference_mode()
-    def steps(self, n: int) -> torch.Tensor:
-        """n steps: tokens (B, n) on the model's device (no host sync)."""
-        u = self.noise.take(n)
-        out = torch.empty((self.tok.shape[0], n), dtype=torch.int64, device=self.tok.device)
-        tok, logits = self.tok, self.last_logits
-        for t in range(n):
-            logits = self.model(tok[:, None], state=self.state)[:, 0]
-            tok = sample_torch(logits, u[t], self.sampling)
-            out[:, t] = tok
-        self.tok, self.last_logits = tok, logits
-        return out
-
-    def run(self, n: int) -> np.ndarray:
-        return self.steps(n).cpu().numpy()
-
-    def state_nbytes(self) -> int:
-        return self.state.nbytes()
-
-
-def make_decoder(model, state, tok, sampling: Sampling, noise: Noise, backend: str = "auto", position: int = 0):
-    """The fastest decoder that supports `model` on its device (see the module docstring).
-    `position`: samples already fed (the prefill), for the CUDA graph's alignment."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    device = next(model.parameters()).device
-    if backend == "torch":
-        return TorchDecoder(model, state, tok, sampling, noise)
-    if backend == "cuda-graph" or (backend == "auto" and device.type == "cuda"):
-        if device.type != "cuda":
-            raise ValueError("backend 'cuda-graph' needs a model on a CUDA device")
-        from wavelm.fast.cuda import GraphDecoder
-
-        return GraphDecoder(model, state, tok, sampling, noise, position=position)
-    from wavelm import fast
-
-    why = fast.available() if device.type == "cpu" else f"the model is on {device}"
-    if why is None:
-        from wavelm.fast.program import Unsupported
-
-        try:
-            return fast.FastDecoder(model, state, tok, sampling, noise)
-        except Unsupported as e:
-            why = str(e)
-    if backend == "fast":
-        raise ValueError(f"the fast decoder cannot run this model: {why}")
-    log.info("fast decode step unavailable (%s): using the torch reference step", why)
-    return TorchDecoder(model, state, tok, sampling, noise)
 
 
 # ----------------------------------------------------------------------------- prompt
@@ -330,5 +194,3 @@ def generate(model, seconds: float = 5.0, batch_size: int = 1, temperature: floa
                          seed, prompt, progress, backend, threads))
     return np.concatenate(chunks, axis=1)
 
-
-make_module_callable(__name__, generate)
