@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from wavelm.model.lm import load_model
 from wavelm.data.folder import write_cache
-from wavelm.train import Dist, TrainConfig, _segments, evaluate, val_crops
+from wavelm.train import Dist, TrainConfig, evaluate, split_segments, val_crops
 
 
 def free_port():
@@ -48,5 +48,5 @@ def test_two_gloo_ranks_end_identical_and_agree_on_validation(tmp_path):
     val = [r["val_bits"] for r in logged if r["event"] == "val"]
     model = load_model(run / "last")
     cfg = TrainConfig(batch_size=2, seq_len=128, val_crops=5)
-    pieces = val_crops(_segments(cache, "val"), 128, 5)
+    pieces = val_crops(split_segments(cache, "val"), 128, 5)
     assert len(val) == 2 and evaluate(model, pieces, cfg, 128, "cpu", Dist()) == pytest.approx(val[-1], rel=1e-6)

@@ -110,21 +110,21 @@ def test_crops_are_teacher_forced_slices(tmp_path):
     toks = np.arange(1000) % 256
     c = write_cache(tmp_path / "c", [("a.wav", "train", toks[:300], 0, 0), ("b.wav", "train", toks[:50], 0, 0)],
                     SR, "mulaw", tmp_path)
-    s = CropSampler(wt._segments(c, "train"), 64, seed=3)
+    s = CropSampler(wt.split_segments(c, "train"), 64, seed=3)
     assert s.skipped == 1  # b.wav is shorter than a crop
     x, y = s.batch(5, 0, 16)
     assert x.shape == y.shape == (16, 64) and x.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
     assert all(int(x[b, 0]) == (128 if int(y[b, 0]) == 0 else int(y[b, 0]) - 1) for b in range(16))
     assert torch.equal(s.batch(5, 0, 16)[1], y) and not torch.equal(s.batch(6, 0, 16)[1], y)
-    assert not torch.equal(CropSampler(wt._segments(c, "train"), 64, seed=3, rank=1).batch(5, 0, 16)[1], y)
+    assert not torch.equal(CropSampler(wt.split_segments(c, "train"), 64, seed=3, rank=1).batch(5, 0, 16)[1], y)
 
 
 def test_youtubemix_crops_never_cross_chunks(tmp_path):
     toks = np.repeat(np.arange(4, dtype=np.uint8), 64)  # 4 chunks of 64: chunk j is all j
     c = write_cache(tmp_path / "c", [("out0.wav", "train", toks, 0, 0)], SR, "mulaw-s4", tmp_path,
                     settings={"format": "youtubemix", "chunk": 64})
-    x, y = CropSampler(wt._segments(c, "train"), 64, seed=0).batch(0, 0, 8)
+    x, y = CropSampler(wt.split_segments(c, "train"), 64, seed=0).batch(0, 0, 8)
     assert all(len(set(row.tolist())) == 1 for row in y) and (x[:, 0] == 128).all()
 
 
@@ -152,14 +152,14 @@ def test_empty_folder_exits_2_naming_it(tmp_path, capsys):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good(audio_dir, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    real = wt.loss_fn
+    real = wt.loop.loss_fn
 
     def loss_nan_from_step_8(logits, y):
         calls["n"] += 1
         out = real(logits, y)
         return out * float("nan") if calls["n"] >= 8 else out
 
-    monkeypatch.setattr(wt, "loss_fn", loss_nan_from_step_8)
+    monkeypatch.setattr(wt.loop, "loss_fn", loss_nan_from_step_8)
     rc = main(["train", "--data", str(audio_dir), "--out", str(tmp_path / "run"), "--steps", "20",
                "--eval-every", "5", *TINY])
     err = capsys.readouterr().err

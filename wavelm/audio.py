@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from wavelm.files import AUDIO_OUT, atomic_write, check_output
+
 log = logging.getLogger(__name__)
 
 MU = 255
@@ -185,8 +187,6 @@ def save_audio(path, audio, sample_rate: int = 16000, subtype: str = "PCM_16") -
     a = np.clip(a.astype(np.float32), -1.0, 1.0)
     if a.ndim == 2:
         a = a.T  # (C, N) -> (N, C), soundfile's layout
-    from wavelm.files import AUDIO_OUT, atomic_write, check_output
-
     p = check_output(path, AUDIO_OUT)
     fmt = p.suffix[1:].upper()
     return atomic_write(p, lambda f: sf.write(f, a, sample_rate, subtype=subtype if fmt == "WAV" else None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from wavelm import __version__
 from wavelm.files import atomic_write, atomic_write_text
 from wavelm.model.config import ModelConfig
 
@@ -24,8 +25,6 @@ class CheckpointError(ValueError):
 
 def save_model(model, path, extra: dict | None = None) -> Path:
     from safetensors.torch import save
-
-    from wavelm import __version__
 
     path = Path(path)
     cfg = model.config

@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from wavelm.audio import AudioError, audio_info, load_audio
+from wavelm.generation import check_args, stream
+from wavelm.plot import plot_score
+from wavelm.scoring import score
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +122,6 @@ def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
 def check_generate_args(seconds, samples, temperature, top_p, seed) -> tuple:
     """Validate the Generate tab's values (they may come from the API, not the sliders) with
     the same rules as the CLI and the Python API (wavelm.generation.check_args)."""
-    from wavelm.generation import check_args
-
     if isinstance(seed, float) and seed.is_integer():    # gr.Number sends floats
         seed = int(seed)
     if isinstance(samples, float) and samples.is_integer():
@@ -216,8 +217,6 @@ def score_image(x: np.ndarray, nll_bits: np.ndarray, sample_rate: int, title: st
     """wavelm.plot's figure (waveform, smoothed NLL, spectrogram) as a PIL image."""
     from PIL import Image
 
-    from wavelm.plot import plot_score
-
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_score(x, nll_bits, Path(tmp) / "score.png", sample_rate=sample_rate, title=title)
         with Image.open(png) as im:
@@ -230,9 +229,6 @@ def build_demo(model, streaming: bool | None = None):
     """The Gradio app for `model`. streaming=None: live playback iff `ffmpeg` is installed."""
     offline_env()
     import gradio as gr
-
-    from wavelm.generation import stream
-    from wavelm.scoring import score
 
     sr = model.config.sample_rate
     live_ok = streaming_available() if streaming is None else bool(streaming)

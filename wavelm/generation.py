@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from wavelm.audio import ZERO, load_audio, mulaw_decode, mulaw_encode
-from wavelm.decode import BACKENDS, Noise, Sampling, make_decoder
+from wavelm.decode import Noise, Sampling, make_decoder
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)

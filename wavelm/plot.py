@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wavelm.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 MAX_POINTS = 4000      # drawn points per curve
@@ -81,7 +83,6 @@ def plot_score(audio, nll_bits, out, sample_rate: int = 16000, title: str | None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from wavelm.files import atomic_write
 
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     v = np.asarray(nll_bits, dtype=np.float32).reshape(-1)

@@ -28,6 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from wavelm.audio import AUDIO_EXTENSIONS, load_audio, mulaw_decode
+from wavelm.data.folder import TokenCache
+from wavelm.files import atomic_write
+from wavelm.generation import generate
+from wavelm.scoring import score
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-10
@@ -161,12 +167,8 @@ def split_audio(data, split: str, sample_rate: int) -> list[tuple[str, np.ndarra
     """[(name, float32 audio)] of a split of a rendered folder (DATA/split/*) or token cache."""
     from natsort import natsorted
 
-    from wavelm.audio import AUDIO_EXTENSIONS, load_audio, mulaw_decode
-
     data = Path(data)
     if (data / "meta.json").is_file():
-        from wavelm.data.folder import TokenCache
-
         cache = TokenCache(data)
         if cache.sample_rate != sample_rate:
             raise ValueError(f"{data}: the cache is at {cache.sample_rate} Hz, the model at {sample_rate} Hz")
@@ -216,9 +218,6 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
              top_p: float = 1.0, max_files: int | None = None, progress: bool = False) -> dict:
     """Score the split (and the unseen one), generate `clips` clips from silence and continue
     `clips` real excerpts cut mid-note; measure all of it beside real excerpts. A dict."""
-    from wavelm.generation import generate
-    from wavelm.scoring import score
-
     sr = int(model.config.sample_rate)
     report = {"split": split, "clips": clips, "seconds": seconds, "temperature": temperature, "top_p": top_p}
     files = split_audio(data, split, sr)
@@ -367,7 +366,5 @@ def plot(report: dict, path, sr: int = 16000, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    from wavelm.files import atomic_write
-
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from wavelm.audio import LN2, ZERO, AudioError, audio_info, iter_audio, mulaw_encode
+from wavelm.data.folder import TokenCache
+from wavelm.data.youtubemix import CHUNK, YouTubeMix
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
@@ -213,8 +215,6 @@ def _split_streams(data, split, quantization, sample_rate, chunk):
     A chunk is a 1-D token array y; its inputs are [128, y[:-1]] (YouTubeMix's x)."""
     data = Path(data)
     if (data / "meta.json").is_file():
-        from wavelm.data.folder import TokenCache
-
         cache = TokenCache(data)
         want = {"s4": "mulaw-s4", "mulaw": "mulaw"}.get(quantization)
         if want is not None and want != cache.codec:
@@ -235,8 +235,6 @@ def _split_streams(data, split, quantization, sample_rate, chunk):
             return (t[s:s + k] for s in range(0, len(t), k))
 
         return cache.codec, [(f["path"], cache_chunks(f["index"])) for f in cache.files(split)]
-
-    from wavelm.data.youtubemix import CHUNK, YouTubeMix
 
     ds = YouTubeMix(data, split=split, quantization=quantization or "s4", sample_rate=sample_rate,
                     chunk=chunk or CHUNK)

@@ -22,7 +22,8 @@ from wavelm.cli import UserError, check_device
 
 
 def add_arguments(p):
-    from wavelm.generation import BACKENDS, MAX_SECONDS
+    from wavelm.decode import BACKENDS
+    from wavelm.generation import MAX_SECONDS
 
     p.add_argument("--seconds", type=float, default=5.0,
                    help=f"audio to generate per stream, 0 < S <= {MAX_SECONDS:g} (default 5)")

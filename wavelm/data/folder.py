@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from wavelm.audio import AUDIO_EXTENSIONS, AudioError
+from wavelm.audio import AUDIO_EXTENSIONS, AudioError, iter_audio, mulaw_encode
 from wavelm.files import publish_dir, recover_dir
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,6 @@ def _no_audio_error(root: Path) -> ValueError:
 def encode_stream(src, dst, sample_rate: int = 16000, block_seconds: float = 30.0) -> int:
     """Decode `src` block by block (bounded memory), mu-law encode, write raw uint8 to `dst`.
     Returns the number of samples; raises AudioError when the file holds none."""
-    from wavelm.audio import iter_audio, mulaw_encode
-
     n = 0
     with open(dst, "wb") as fh:
         for block in iter_audio(src, sample_rate=sample_rate, block_seconds=block_seconds):

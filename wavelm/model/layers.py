@@ -35,7 +35,8 @@ class CausalConv(nn.Module):
             past = state.ring if h == 0 else torch.roll(state.ring, -h, 1)
             xs = torch.cat([past, x], dim=1)                    # (B, L + T, C), oldest first
             state.ring.copy_(xs[:, xs.shape[1] - L:].detach())
-            state.head.zero_()
+            if h:
+                state.head.zero_()
             x = xs.transpose(1, 2)
         else:
             x = x.transpose(1, 2)

@@ -1,0 +1,73 @@
+"""Training crops from a token cache: random crops that make resume exact, fixed validation crops.
+
+# B batch, T crop length
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wavelm.audio import ZERO
+
+IGNORE = -100      # target padding of short validation crops
+
+
+def split_segments(cache, split: str) -> list[np.ndarray]:
+    """Contiguous token runs of a split: files, or YouTubeMix chunks (never crossed, since each
+    chunk is scaled on its own and starts its own stream)."""
+    toks = cache.split_tokens(split)
+    chunk = cache.meta.get("settings", {}).get("chunk") if cache.meta.get("settings", {}).get(
+        "format") == "youtubemix" else None
+    if not chunk:
+        return [t for t in toks if len(t)]
+    return [t[j:j + chunk] for t in toks for j in range(0, len(t) - chunk + 1, chunk)]
+
+
+class CropSampler:
+    """Uniform random crops of `seq_len` over all train segments at least that long.
+
+    Crop (segment, start s): y = seg[s:s+T], x = [seg[s-1] or 128 at s = 0] + seg[s:s+T-1].
+    The crops of (step, micro-batch) on `rank` depend on nothing else, which makes resume exact.
+    """
+
+    def __init__(self, segments, seq_len: int, seed: int, rank: int = 0):
+        self.T, self.seed, self.rank = seq_len, seed, rank
+        self.segs = [s for s in segments if len(s) >= seq_len]
+        if not self.segs:
+            longest = max((len(s) for s in segments), default=0)
+            raise ValueError(f"no train file (or YouTubeMix chunk) has seq_len={seq_len} samples "
+                             f"(longest: {longest}); lower --seq-len")
+        self.skipped = len(segments) - len(self.segs)
+        self.cum = np.cumsum([len(s) - seq_len + 1 for s in self.segs])  # crop starts per segment
+
+    def batch(self, step: int, micro: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, step, micro])
+        u = rng.integers(0, self.cum[-1], batch_size)
+        idx = np.searchsorted(self.cum, u, side="right")
+        rows = np.empty((batch_size, self.T + 1), dtype=np.int64)   # (B, T + 1): x[0], then y
+        for b, (i, v) in enumerate(zip(idx, u)):
+            s = int(v - (self.cum[i - 1] if i else 0))
+            seg = self.segs[i]
+            rows[b, 0] = seg[s - 1] if s else ZERO
+            rows[b, 1:] = seg[s:s + self.T]
+        t = torch.from_numpy(rows)
+        return t[:, :-1], t[:, 1:]
+
+
+def val_crops(segments, seq_len: int, n: int) -> list[tuple[np.ndarray, int, int]]:
+    """A fixed, seed-independent validation set: every segment cut into consecutive pieces of
+    `seq_len` (the last may be shorter), then `n` of them evenly spread, as (segment, start, len)."""
+    pieces = [(seg, s, min(seq_len, len(seg) - s)) for seg in segments for s in range(0, len(seg), seq_len)]
+    if len(pieces) > n:
+        pieces = [pieces[i] for i in np.unique(np.linspace(0, len(pieces) - 1, n).round().astype(int))]
+    return pieces
+
+
+def val_batch(pieces, seq_len):
+    x = np.full((len(pieces), seq_len), ZERO, dtype=np.int64)
+    y = np.full((len(pieces), seq_len), IGNORE, dtype=np.int64)
+    for b, (seg, s, n) in enumerate(pieces):
+        x[b, 0] = seg[s - 1] if s else ZERO
+        x[b, 1:n] = seg[s:s + n - 1]
+        y[b, :n] = seg[s:s + n]
+    return torch.from_numpy(x), torch.from_numpy(y)

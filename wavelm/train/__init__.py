@@ -1,0 +1,39 @@
+"""Trainer: random crops from a token cache, AdamW with warm-up + cosine, periodic validation,
+best/last checkpoints and exact resume; one process or many under `torchrun` (DDP).
+
+    from wavelm.train import TrainConfig, train
+    res = train(TrainConfig(steps=2000), ModelConfig.from_name("small"), "data/piano", "runs/piano")
+    res["best_val_bits"], res["best"]
+
+    wavelm train --data data/piano --model small --steps 2000 --out runs/piano
+    torchrun --standalone --nproc-per-node=4 -m wavelm train --data CACHE --out RUN ...
+
+The run directory:
+
+    run.json        model, train and data configs (what `--resume` starts from)
+    metrics.jsonl   one JSON object per log or validation event (rank 0)
+    cache/          the token cache when `data` is an audio folder; reused while files are unchanged
+    last/           model dir + trainer_state.pt, every `save_every` steps and at the end
+    best/           model dir with the lowest validation bits so far
+    tb/             TensorBoard events (`tensorboard=True`)
+
+Checkpoints are built in a hidden temp dir, then swapped in with renames (`files.publish_dir`), so after
+a crash `last/` (or, between the two renames, `.last.old/`, which `_recover` puts back) holds a
+complete set whose files all carry the same step.
+
+Exact resume: the batch of step k on rank r is a pure function of (seed, r, k) (`CropSampler`),
+so only the step, optimizer, scheduler and torch RNG states (dropout) need saving.
+`batch_size` is per process: a step sees batch_size * seq_len * accum * world_size tokens.
+"""
+from __future__ import annotations
+
+from wavelm.data.sampler import CropSampler, split_segments, val_crops
+
+from .config import DataConfig, TrainConfig, configs_from_recipe
+from .distributed import Dist
+from .loop import TrainingDiverged, evaluate, forward_backward, loss_fn, lr_lambda, make_optimizer, train
+from .rundir import load_trainer_state, open_data, prepare_run_dir, save_checkpoint
+
+__all__ = ["CropSampler", "DataConfig", "Dist", "TrainConfig", "TrainingDiverged", "configs_from_recipe",
+           "evaluate", "forward_backward", "load_trainer_state", "loss_fn", "lr_lambda", "make_optimizer",
+           "open_data", "prepare_run_dir", "save_checkpoint", "split_segments", "train", "val_crops"]
