@@ -232,3 +232,18 @@ def test_sigkill_leaves_a_consistent_checkpoint_that_resumes(cache, tmp_path):
     res = train(tiny_cfg(steps=state["step"] + 2, eval_every=3, save_every=1), ModelConfig.from_name("tiny"),
                 cache, run, resume=True, progress=False)
     assert res["step"] == state["step"] + 2 and not math.isnan(res["val_bits"])
+
+
+def test_bf16_cpu_steps_track_float32(cache, tmp_path, monkeypatch):
+    """bf16 autocast (the CPU default where the CPU multiplies bf16 natively) follows the float32
+    loss curve over the first steps, and validation stays float32."""
+    monkeypatch.setattr(wt.loop, "cpu_has_bf16", lambda: True)
+    assert wt.use_bf16("cpu", TrainConfig()) and not wt.use_bf16("cpu", TrainConfig(amp=False))
+    curves = {}
+    for amp in (False, True):
+        train(tiny_cfg(steps=12, eval_every=12, log_every=1, amp=amp), ModelConfig.from_name("tiny", arch="conformer"),
+              cache, tmp_path / str(amp), progress=False)
+        curves[amp] = [r["loss_bits"] for r in map(json.loads, (tmp_path / str(amp) / "metrics.jsonl").open())
+                       if r["event"] == "train"]
+    assert len(curves[True]) == 12 and curves[True] != curves[False]
+    np.testing.assert_allclose(curves[True], curves[False], atol=0.02)

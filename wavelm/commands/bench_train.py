@@ -3,8 +3,9 @@
     wavelm bench train                                   # every preset but tiny, on CPU
     wavelm bench train --presets base,base-flat --device cuda --batch-size 16 --seq-len 16384
 
-Each preset runs the trainer's own step (AdamW, grad clipping, bf16 autocast on CUDA) on random
-tokens; tokens/s is batch * seq_len / the median step time after the warm-up steps.
+Each preset runs the trainer's own step (AdamW, grad clipping, bf16 autocast where it pays: on
+CUDA and on CPUs with native bf16; `--no-amp` for float32) on random tokens; tokens/s is
+batch * seq_len / the median step time after the warm-up steps.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def add_arguments(p):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see docs/design.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model first")
+    p.add_argument("--no-amp", action="store_true", help="float32 steps (no bf16 autocast)")
 
 
 def bench_preset(name, args, device) -> dict:
@@ -37,7 +39,8 @@ def bench_preset(name, args, device) -> dict:
     from wavelm.model.lm import WaveLM
     from wavelm.train import TrainConfig, forward_backward, make_optimizer
 
-    cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps + args.warmup_steps)
+    cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps + args.warmup_steps,
+                      amp=not args.no_amp)
     mcfg = ModelConfig.from_name(name, **({"arch": args.arch} if args.arch else {}))
     torch.manual_seed(0)
     net = WaveLM(mcfg).to(device)
@@ -74,10 +77,13 @@ def run(args) -> int:
     device = torch.device(name)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
+    from wavelm.train import TrainConfig, use_bf16
+
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    bf16 = use_bf16(device, TrainConfig(amp=not args.no_amp))
     print(f"wavelm bench train: batch {args.batch_size} x {args.seq_len} samples, median of "
           f"{args.steps} steps after {args.warmup_steps} warm-up, {device.type}"
-          f"{' bf16 autocast' if device.type == 'cuda' else ' float32'}")
+          f"{' bf16 autocast' if bf16 else ' float32'}{' compiled' if args.compile else ''}")
     print(f"machine: {machine()}")
     print(f"{'preset':<14} {'arch':<14} {'params':>8} {'ms/step':>9} {'tokens/s':>10}")
     for p in presets:

@@ -63,6 +63,8 @@ def add_arguments(p):
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop cleanly at STEP (resume later)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN/tb")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="float32 steps (default: bf16 autocast on CUDA and on CPUs with native bf16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -105,6 +107,8 @@ def recipe_layers(args) -> list[dict]:
     for name in ("tensorboard", "compile"):
         if getattr(args, name):
             flags.setdefault("train", {})[name] = True
+    if args.no_amp:
+        flags.setdefault("train", {})["amp"] = False
     layers.append(flags)
     sets = {}
     for item in args.set:
@@ -145,7 +149,7 @@ def header(info) -> str:
         f"({t.batch_size} x {t.seq_len}{f' x {t.accum}' if t.accum > 1 else ''} x {procs} "
         f"process{'es' if procs > 1 else ''}), lr {t.lr:g}, warm-up {t.warmup}",
         f"device  {info['device']}, {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
-        f"{', bf16' if t.amp and info['device'].startswith('cuda') else ''}",
+        f"{', bf16 autocast (float32 validation on CPU)' if info.get('bf16') else ', float32'}",
         f"out     {info['out']}"])
 
 

@@ -59,13 +59,25 @@ class CausalConv(nn.Module):
 
 
 def rope(x, pos, base):
-    """Rotary embedding at absolute positions. x (B, H, T, D), pos (T,) int64."""
+    """Rotary embedding at absolute positions. x (B, H, T, D), pos (T,) int64. Angles in
+    float64, cos/sin and the rotation in x's dtype, or in float32 for bf16/fp16 x (autocast):
+    a bf16 angle of position 4,000 would be off by up to 8 radians."""
     d = x.shape[-1]
+    dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     inv = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float64) / d)
-    ang = (pos.to(torch.float64)[:, None] * inv[None]).to(x.dtype)   # (T, D/2)
+    ang = (pos.to(torch.float64)[:, None] * inv[None]).to(dt)        # (T, D/2)
     cos, sin = ang.cos(), ang.sin()
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    x1, x2 = x[..., 0::2].to(dt), x[..., 1::2].to(dt)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+def _sdpa(q, k, v, **kw):
+    """F.scaled_dot_product_attention; on CPU always in float32 (under bf16 autocast its
+    backward is ~5x slower than float32's there, while the matmuls around it gain 3-4x)."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 class Attention(nn.Module):
@@ -97,9 +109,9 @@ class Attention(nn.Module):
     def forward(self, x, state: AttnState | None = None):
         B, T, C = x.shape
         fresh = state is None
-        if fresh:
-            state = zero_state(self, B, x.device, x.dtype)
         qkv = self.qkv(x)
+        if fresh:
+            state = zero_state(self, B, x.device, qkv.dtype)      # the compute dtype (autocast)
         if self.qkv_conv is not None:
             qkv = self.qkv_conv(qkv, None if fresh else state.qkv_conv)
         q, k, v = qkv.view(B, T, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
@@ -108,11 +120,11 @@ class Attention(nn.Module):
         if fresh and T <= self.w:
             # a fresh stream no longer than the window: the position rule is plain causal
             # masking, and the fused kernel skips the masked half (training's common case)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = _sdpa(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
             y = self._attend(q, k, v, pos, state)                           # (B, H, T, D)
-            self._remember(k, v, pos, state)
+            if not fresh:
+                self._remember(k, v, pos, state)
         y = y.transpose(1, 2).reshape(B, T, C)
         return F.dropout(self.out(y), self.dropout, self.training)
 
@@ -127,7 +139,7 @@ class Attention(nn.Module):
         pos_all = state.offset + torch.arange(n * S, device=q.device)
         if pad:
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        rk, rv, rp = state.k, state.v, state.pos
+        rk, rv, rp = state.k.to(q.dtype), state.v.to(q.dtype), state.pos   # (autocast: bf16 q)
         if n > 1:
             # blocks after the first see only a suffix of the ring: put it in time order
             # (slot of position p is p % W, so this gathers positions offset-W .. offset-1)
@@ -146,15 +158,14 @@ class Attention(nn.Module):
         mask = mask & (pk >= state.start.view(B, 1, 1, 1))  # (B, n, S, W + S): a reset stream's past
         mask = mask.reshape(B * n, 1, S, W + S)
         qb = q.reshape(B, H, n, S, D).transpose(1, 2).reshape(B * n, H, S, D)
-        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = _sdpa(qb, kb, vb, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return y.reshape(B, n, H, S, D).transpose(1, 2).reshape(B, H, n * S, D)[:, :, :T]
 
     def _remember(self, k, v, pos, state):
         m = min(k.shape[2], self.w)                       # only the last W keys can matter
         slots = pos[-m:] % self.w
-        state.k.index_copy_(2, slots, k[:, :, -m:].detach())
-        state.v.index_copy_(2, slots, v[:, :, -m:].detach())
+        state.k.index_copy_(2, slots, k[:, :, -m:].detach().to(state.k.dtype))
+        state.v.index_copy_(2, slots, v[:, :, -m:].detach().to(state.v.dtype))
         state.pos.index_copy_(0, slots, pos[-m:])
         state.offset.add_(k.shape[2])
 

@@ -31,9 +31,10 @@ from wavelm.data.sampler import CropSampler, split_segments, val_crops
 
 from .config import DataConfig, TrainConfig, configs_from_recipe
 from .distributed import Dist
-from .loop import TrainingDiverged, evaluate, forward_backward, loss_fn, lr_lambda, make_optimizer, train
+from .loop import (TrainingDiverged, evaluate, forward_backward, loss_fn, lr_lambda, make_optimizer, train,
+                   use_bf16)
 from .rundir import load_trainer_state, open_data, prepare_run_dir, save_checkpoint
 
 __all__ = ["CropSampler", "DataConfig", "Dist", "TrainConfig", "TrainingDiverged", "configs_from_recipe",
            "evaluate", "forward_backward", "load_trainer_state", "loss_fn", "lr_lambda", "make_optimizer",
-           "open_data", "prepare_run_dir", "save_checkpoint", "split_segments", "train", "val_crops"]
+           "open_data", "prepare_run_dir", "save_checkpoint", "split_segments", "train", "use_bf16", "val_crops"]

@@ -29,7 +29,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"         # auto | cpu | cuda
     threads: int = 1             # CPU threads per process; 0 = torch's default (see docs/design.md)
-    amp: bool = True             # bf16 autocast on CUDA
+    amp: bool = True             # bf16 autocast on CUDA and on CPUs with native bf16 (loop.use_bf16)
     compile: bool = False        # torch.compile the training forward
     max_minutes: float = 0.0     # time budget of this invocation; 0 = none
     tensorboard: bool = False
