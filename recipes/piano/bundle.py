@@ -12,7 +12,9 @@ rerun skips what is done: bits/sample on the whole test and unseen-piano splits 
 cache, on the whole recipes/bach_piano test split (comparable with earlier bundled models), and
 generation speed with the fast decoder at batch 1. The card (wavelm/pretrained/README.md) adds
 the training log, the exact command, and the `wavelm bench quality` tables of this model and
-the previous one side by side.
+the previous one side by side. A run that continued an earlier bundled model (`wavelm train
+--init`) passes that model's config.json as `--previous`: the card then lists every training
+round (steps, tokens, minutes, precision, command) and compares with the previous model.
 """
 from __future__ import annotations
 
@@ -35,7 +37,36 @@ from wavelm.files import atomic_write_text  # noqa: E402
 from wavelm.quality import piano_of  # noqa: E402
 
 COMMAND = ("wavelm train --data data/piano --config recipes/piano/train.toml --out runs/piano "
-           "--max-minutes 120")
+           "--max-minutes 120")    # round 1: the command of a run from random weights
+
+
+def train_minutes(rows) -> float:
+    """Minutes of training over all invocations of a run (elapsed_s restarts at each resume)."""
+    total, last = 0.0, 0.0
+    for r in rows:
+        if r["elapsed_s"] < last:
+            total += last
+        last = r["elapsed_s"]
+    return (total + last) / 60
+
+
+def this_round(meta, train_rows, command, bf16) -> dict:
+    tr = meta.get("train", {})
+    return {"steps": meta["step"], "tokens": meta["step"] * tr["batch_size"] * tr["seq_len"],
+            "minutes": round(train_minutes(train_rows), 1), "lr": tr.get("lr"), "warmup": tr.get("warmup"),
+            "tokens_per_s_median": round(float(np.median([r["tokens_per_s"] for r in train_rows]))),
+            "precision": "bf16 autocast" if bf16 else "float32", "command": command}
+
+
+def previous_rounds(prev: dict) -> list:
+    """The training rounds of the model a run started from (a card without them is round 1)."""
+    card = prev.get("card", {})
+    if "rounds" in card:
+        return card["rounds"]
+    tr = prev.get("train", {})
+    return [{"steps": prev["step"], "tokens": card["tokens"], "minutes": round(card["train_minutes"], 1),
+             "lr": tr.get("lr"), "warmup": tr.get("warmup"), "tokens_per_s_median": round(card["train_tokens_per_s_median"]),
+             "precision": "float32", "command": COMMAND}]
 
 
 MEASURES = ("unseen", "test", "bach_piano_test", "generate")
@@ -149,12 +180,20 @@ def targets(m: dict, q: dict | None) -> str:
     return "\n".join(rows)
 
 
+def rounds_text(rounds) -> str:
+    return "; ".join(f"round {i + 1}: {r['steps']} steps, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
+                     f"peak lr {r['lr']}, {r['precision']}{' from random weights' if i == 0 else ' from round ' + str(i) + ' weights'}"
+                     for i, r in enumerate(rounds))
+
+
 def model_card(model, meta, m: dict, q, q_old) -> str:
     cfg, tr = model.config, meta.get("train", {})
     stages = ", ".join(f"{a} {n}x d{d}{f' w{w}' if a != 'conv' else ''} @{16000 / h / 1000:g} kHz" for a, n, d, w, h in
                        zip(cfg.stage_archs, cfg.stage_layers, cfg.stage_dims, cfg.stage_windows, cfg.hop))
     card = meta["card"]
     fmt = (lambda k: f"{m[k]['bits_per_sample']:.3f}" if k in m else "not measured")
+    prv = card.get("previous_scores", {})
+    was = (lambda k, dflt: f"{prv[k]['bits_per_sample']:.3f}" if k in prv else dflt)  # noqa: E731
     pp = lambda k: ", ".join(f"`{p}` {v:.3f}" for p, v in m.get(k, {}).get("per_piano", {}).items())  # noqa: E731
     g = m.get("generate", {})
     return f"""# wavelm default model: {cfg.arch_name}, multi-rate, {card['parameters'] / 1e6:.2f} M parameters
@@ -168,13 +207,13 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 | tokens | 8-bit mu-law (mu = 255, torchaudio's formula), 16 kHz |
 | arch | `{cfg.arch_name}`, pool {cfg.pool}: {stages}; attention reach {cfg.context_seconds:.2f} s at {cfg.sample_rate / cfg.hop[-1]:g} Hz with a KV ring; receptive field {model.receptive_field():,} samples |
 | parameters | {card['parameters']:,} (stored as float16: {card['parameters'] * 2 / 2**20:.1f} MB; run in float32) |
-| training | {meta.get('step')} steps of {tr.get('batch_size')} x {tr.get('seq_len')} samples ({card['tokens'] / 1e6:.0f} M tokens, {card['tokens'] / 16000 / 3600 / 20.96:.2f} epochs), AdamW lr {tr.get('lr')}, warm-up {tr.get('warmup')}, cosine to 10%; best checkpoint at step {meta.get('best_step')}; {card['train_minutes']:.0f} min |
-| command | `{COMMAND}` |
-| hardware | CPU only: 2-vCPU AMD EPYC VM, 1 torch thread, shared with the project's other jobs (median {card['train_tokens_per_s_median']:,.0f} tokens/s) |
-| **test bits/sample** | **{fmt('test')}** (whole test split, {m.get('test', {}).get('num_samples', 0):,} samples; per piano {pp('test')}); linear predictor 3.720 |
+| training | {card['tokens'] / 1e6:.0f} M tokens ({card['tokens'] / 16000 / 3600 / 20.96:.2f} epochs) in {card['train_minutes']:.0f} min, batches of {tr.get('batch_size')} x {tr.get('seq_len')} samples, AdamW, linear warm-up then cosine to 10%; {rounds_text(card['rounds'])}; best checkpoint at the last round's step {meta.get('best_step')} |
+| command | {'; then '.join(f"`{r['command']}`" for r in card['rounds'])} |
+| hardware | CPU only: 2-vCPU AMD EPYC VM, 1 torch thread, shared with the project's other jobs (median tokens/s per round: {', '.join(f"{r['tokens_per_s_median']:,}" for r in card['rounds'])}) |
+| **test bits/sample** | **{fmt('test')}** (whole test split, {m.get('test', {}).get('num_samples', 0):,} samples; per piano {pp('test')}); linear predictor 3.720, previous bundled model {was('test', 'not measured')} |
 | **unseen piano** | **{fmt('unseen')}** (whole split, FluidR3 GM grand, never trained on); linear predictor 4.807, previous bundled model {card.get('old_unseen', 'not measured')} |
 | val bits/sample | {card['best_val_crops']:.3f} on the trainer's 32 fixed val crops of 32,768 samples (the whole val split is not scored here); linear predictor 3.546 on the whole split |
-| Bach-piano test split | {fmt('bach_piano_test')} (`recipes/bach_piano` test, {m.get('bach_piano_test', {}).get('num_samples', 0):,} samples; previous bundled model 3.156, linear predictor 3.720) |
+| Bach-piano test split | {fmt('bach_piano_test')} (`recipes/bach_piano` test, {m.get('bach_piano_test', {}).get('num_samples', 0):,} samples; previous bundled model {was('bach_piano_test', '3.156')}, the conv bundle trained on that soundfont 3.156, linear predictor 3.720) |
 | generation | {g.get('samples_per_s_median', 0):,.0f} samples/s at batch 1 ({g.get('samples_per_s_median', 0) / 16000:.2f}x real time), {g.get('decoder', '?')} decoder, this machine, 1 thread |
 
 ## What it sounds like (`wavelm bench quality`: 3 clips of 30 s from silence vs 3 real test excerpts)
@@ -189,7 +228,7 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 
 ## Limits
 
-Trained for {card['train_minutes']:.0f} minutes of one CPU core ({card['tokens'] / 16000 / 3600 / 20.96:.2f} of an epoch of the corpus). The corpus is
+Trained for {card['train_minutes']:.0f} minutes of one CPU core in all ({card['tokens'] / 16000 / 3600 / 20.96:.2f} of an epoch of the corpus). The corpus is
 synthetic (sampled GM pianos, MIDI timing), so these bits are not comparable with recorded-piano
 (YouTubeMix) numbers. Licences: the compositions are public domain (bar two Schoenberg pieces and
 one by Webern in the corpus); music21's corpus encodings are distributed with the encoders'
@@ -210,6 +249,9 @@ def main():
     ap.add_argument("--quality", type=Path, default=None)
     ap.add_argument("--quality-old", type=Path, default=None)
     ap.add_argument("--old-unseen", type=Path, default=None, help="`wavelm score --json` of the old model")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="config.json of the bundled model this run started from (--init): rounds, comparison")
+    ap.add_argument("--command", default=COMMAND, help="the exact command(s) of this run, for the card")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = args.run / "best"
@@ -229,17 +271,25 @@ def main():
         m.update(json.loads(p.read_text()))
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     train_rows = [r for r in rows if r.get("event") == "train"]
-    tr = meta.get("train", {})
-    card = {"parameters": model.num_parameters(), "tokens": meta["step"] * tr["batch_size"] * tr["seq_len"],
-            "train_tokens_per_s_median": float(np.median([r["tokens_per_s"] for r in train_rows])),
-            "train_minutes": max(r.get("elapsed_s", 0) for r in train_rows) / 60,
+    prev = json.loads(args.previous.read_text()) if args.previous else None
+    run_cfg = json.loads((args.run / "run.json").read_text())
+    from wavelm.train import TrainConfig, use_bf16
+    bf16 = use_bf16("cpu", TrainConfig(**run_cfg["train"]))
+    rounds = (previous_rounds(prev) if prev else []) + [this_round(meta, train_rows, args.command, bf16)]
+    card = {"parameters": model.num_parameters(), "tokens": sum(r["tokens"] for r in rounds),
+            "train_tokens_per_s_median": rounds[-1]["tokens_per_s_median"],
+            "train_minutes": sum(r["minutes"] for r in rounds), "rounds": rounds,
             "val_curve": [[r["step"], round(r["val_bits"], 4)] for r in rows if r.get("event") == "val"],
             "best_val_crops": meta.get("best_val_bits"),
-            "scores": m}
+            "scores": m, "previous_scores": (prev or {}).get("card", {}).get("scores", {})}
     if args.old_unseen and args.old_unseen.is_file():
         card["old_unseen"] = f"{json.loads(args.old_unseen.read_text())['mean_bits_per_sample']:.3f}"
+    elif prev and "unseen" in prev.get("card", {}).get("scores", {}):
+        card["old_unseen"] = f"{prev['card']['scores']['unseen']['bits_per_sample']:.3f}"
     q = json.loads(args.quality.read_text()) if args.quality else None
     q_old = json.loads(args.quality_old.read_text()) if args.quality_old else None
+    if q_old is None and prev and "quality" in prev.get("card", {}):
+        q_old = {"summary": prev["card"]["quality"]}
     if q:
         card["quality"] = q["summary"]
     meta["card"] = card
