@@ -60,7 +60,7 @@ def test_fast_and_reference_generate_the_same(arch, pool, sampling):
 
 
 def test_sampling_rule_is_shared():
-    """generate.sample_torch and the numba sampler pick the same token for the same u."""
+    """sampling.sample_torch and the numba sampler pick the same token for the same u."""
     from wavelm.decode import kernels
 
     g = torch.Generator().manual_seed(0)

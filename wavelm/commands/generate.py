@@ -7,7 +7,7 @@
 
 The N streams of --num-samples are generated together as one batch. With a prompt (any file
 libsndfile reads, resampled to the model's rate) the output is the continuation only, unless
---keep-prompt. On CPU the numba decode step runs (see wavelm/fast); `--backend torch` forces the
+--keep-prompt. On CPU the numba decode step runs (see wavelm/decode); `--backend torch` forces the
 reference step.
 """
 from __future__ import annotations

@@ -84,9 +84,11 @@ class GraphDecoder:
         self.static_logits = torch.zeros((B, self.model.head.out_features), dtype=logits_dtype, device=dev)
         self.ready = True
         if self.capture:
+            clock = self.state.clock.clone()     # a failed capture may have moved the host clock
             try:
                 self.graph = self._capture()
             except RuntimeError as e:  # capture is best effort: the same steps run eagerly
+                self.state.clock.copy_(clock)
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", str(e).splitlines()[0][:200])
 
     def _capture(self):
@@ -111,7 +113,7 @@ class GraphDecoder:
             self.graph.replay()
         else:
             self._body(self.state)
-        self.last_logits = self.static_logits
+        self.last_logits = self.static_logits.clone()
         return self.static_out.clone()
 
     def state_nbytes(self) -> int:

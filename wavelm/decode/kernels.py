@@ -429,7 +429,7 @@ def _sort_desc(x):
 @njit(**JIT)
 def sample(x, temperature, top_k, top_p, u, ex, tmp):
     """Draw one token from logits x (V,) (overwritten) by inverse CDF with u in [0, 1).
-    Rule shared with generate.sample_torch: e = exp(x/T - max); top-k zeroes e below the k-th
+    Rule shared with sampling.sample_torch: e = exp(x/T - max); top-k zeroes e below the k-th
     largest (ties kept); top-p keeps the most likely tokens until their mass reaches top_p (the
     one crossing it included); token = first index whose float64 cumsum exceeds u * sum.
     tmp: scratch (V,)."""

@@ -33,7 +33,7 @@ class Sampling:
 
 def sample_torch(logits: torch.Tensor, u: torch.Tensor, s: Sampling) -> torch.Tensor:
     """Tokens (B,) from logits (B, V) and uniforms u (B,) in [0, 1); the same rule as
-    fast.kernels.sample (its docstring), in torch ops without host sync."""
+    kernels.sample (its docstring), in torch ops without host sync."""
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32) / s.temperature
     e = (x - x.amax(-1, keepdim=True)).exp()
     V = e.shape[-1]

@@ -112,7 +112,7 @@ class State:
         """An independent copy with the same layout."""
         floats, ints = self.floats.detach().clone(), self.ints.detach().clone()
         shared = self._clock_in_ints()
-        clock = ints[self.clock.storage_offset():] if shared else self.clock.clone()
+        clock = ints[self.clock.storage_offset() - self.ints.storage_offset():] if shared else self.clock.clone()
         pairs = ((self.floats, floats), (self.ints, ints), (self.clock, clock))
 
         def move(t):
@@ -183,8 +183,8 @@ def _map(o, fn):
     """Rebuild a state tree with fn applied to every tensor."""
     if isinstance(o, torch.Tensor):
         return fn(o)
-    if isinstance(o, list):
-        return [_map(x, fn) for x in o]
+    if isinstance(o, (list, tuple)):
+        return type(o)(_map(x, fn) for x in o)
     if isinstance(o, dict):
         return {k: _map(v, fn) for k, v in o.items()}
     if dataclasses.is_dataclass(o):
