@@ -247,3 +247,28 @@ def test_bf16_cpu_steps_track_float32(cache, tmp_path, monkeypatch):
                        if r["event"] == "train"]
     assert len(curves[True]) == 12 and curves[True] != curves[False]
     np.testing.assert_allclose(curves[True], curves[False], atol=0.02)
+
+
+def test_input_noise_perturbs_inputs_only_and_is_reproducible(tmp_path):
+    toks = (np.arange(3000) * 7) % 256
+    c = write_cache(tmp_path / "c", [("a.wav", "train", toks, 0, 0)], SR, "mulaw", tmp_path)
+    segs = wt.split_segments(c, "train")
+    x0, y0 = CropSampler(segs, 256, seed=1).batch(4, 0, 32)
+    noisy = CropSampler(segs, 256, seed=1, input_noise=3.0)
+    x, y = noisy.batch(4, 0, 32)
+    assert torch.equal(y, y0)                                   # targets stay clean
+    d = (x - x0).abs()
+    assert d.max() > 0 and x.min() >= 0 and x.max() <= 255     # inputs moved, within the vocabulary
+    per_crop = d.float().mean(dim=1)
+    assert per_crop.max() > 4 * per_crop.min()                 # each crop has its own noise level
+    assert float((x - x0).float().mean().abs()) < 0.1          # zero-mean
+    assert torch.equal(noisy.batch(4, 0, 32)[0], x)             # same step, same noise: exact resume
+
+
+def test_training_with_input_noise_runs_and_records_it(audio_dir, tmp_path):
+    assert main(["train", "--data", str(audio_dir), "--out", str(tmp_path / "r"), "--model", "tiny",
+                 "--steps", "3", "--batch-size", "2", "--seq-len", "64", "--eval-every", "3",
+                 "--input-noise", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["input_noise"] == 2.0
+    assert main(["train", "--data", str(audio_dir), "--out", str(tmp_path / "bad"), "--model", "tiny",
+                 "--input-noise", "-1", "--no-progress"]) == 2

@@ -91,6 +91,9 @@ def table(rep: dict) -> str:
              f"{'measure':34s} {'real':>10s} {'generated':>10s}"]
     for label, k, fmt in rows:
         lines.append(f"{label:34s} {fmt.format(s['real'][k]):>10s} {fmt.format(s['generated'][k]):>10s}")
+    if "flatness_raw" in s["real"]:
+        lines.append(f"  (real audio measured through the 8-bit codec; the raw renders' flatness is "
+                     f"{s['real']['flatness_raw']:.2e})")
     for side in ("real", "generated"):
         for m in rep[side]:
             tag = f"seed {m['seed']}" if side == "generated" else m["name"]

@@ -32,7 +32,7 @@ FLAGS = {"model": ("model", "preset"), "arch": ("model", "arch"), "steps": ("tra
          "eval_every": ("train", "eval_every"), "warmup": ("train", "warmup"), "seed": ("train", "seed"),
          "threads": ("train", "threads"), "format": ("data", "format"),
          "quantization": ("data", "quantization"), "data": ("data", "path"),
-         "init": ("train", "init")}
+         "init": ("train", "init"), "input_noise": ("train", "input_noise")}
 
 
 def add_arguments(p):
@@ -48,6 +48,8 @@ def add_arguments(p):
     p.add_argument("--warmup", type=int, metavar="N", help="linear warm-up steps")
     p.add_argument("--eval-every", type=int, metavar="N", help="validate (and save) every N steps")
     p.add_argument("--seed", type=int)
+    p.add_argument("--input-noise", type=float, metavar="SIGMA",
+                   help="noise on training inputs: per-crop std drawn from [0, SIGMA] mu-law steps (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads per process (default 1; 0 = torch's default)")
     p.add_argument("--max-minutes", type=float, metavar="M",

@@ -28,10 +28,18 @@ class CropSampler:
 
     Crop (segment, start s): y = seg[s:s+T], x = [seg[s-1] or 128 at s = 0] + seg[s:s+T-1].
     The crops of (step, micro-batch) on `rank` depend on nothing else, which makes resume exact.
+
+    input_noise > 0: each crop's *inputs* get Gaussian noise of its own std, drawn uniformly from
+    [0, input_noise] mu-law steps, rounded and clipped to the vocabulary; the targets stay
+    clean. The model learns to predict the clean next sample from a history with errors in it,
+    as its own sampled history has when it generates (FFTNet's and LPCNet's noise injection;
+    docs/design.md, "Training on noisy inputs").
     """
 
-    def __init__(self, segments, seq_len: int, seed: int, rank: int = 0):
+    def __init__(self, segments, seq_len: int, seed: int, rank: int = 0, input_noise: float = 0.0,
+                 vocab_size: int = 256):
         self.T, self.seed, self.rank = seq_len, seed, rank
+        self.input_noise, self.vocab = float(input_noise), vocab_size
         self.segs = [s for s in segments if len(s) >= seq_len]
         if not self.segs:
             longest = max((len(s) for s in segments), default=0)
@@ -50,8 +58,11 @@ class CropSampler:
             seg = self.segs[i]
             rows[b, 0] = seg[s - 1] if s else ZERO
             rows[b, 1:] = seg[s:s + self.T]
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        x, y = rows[:, :-1], rows[:, 1:].copy()
+        if self.input_noise > 0:
+            sigma = rng.uniform(0.0, self.input_noise, (batch_size, 1))
+            x = np.clip(x + np.rint(rng.standard_normal(x.shape) * sigma).astype(np.int64), 0, self.vocab - 1)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
 
 def val_crops(segments, seq_len: int, n: int) -> list[tuple[np.ndarray, int, int]]:

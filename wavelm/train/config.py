@@ -34,6 +34,7 @@ class TrainConfig:
     max_minutes: float = 0.0     # time budget of this invocation; 0 = none
     tensorboard: bool = False
     init: str = ""               # a model dir whose weights start a new run ("" = random init)
+    input_noise: float = 0.0     # max std (mu-law steps) of the noise on training inputs (CropSampler)
 
     def __post_init__(self):
         _coerce(self, "train")
@@ -41,7 +42,7 @@ class TrainConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
         for k in ("warmup", "save_every", "val_seq_len", "threads", "weight_decay", "grad_clip",
-                  "max_minutes"):
+                  "max_minutes", "input_noise"):
             if getattr(self, k) < 0:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
         if not self.lr > 0 or not 0 <= self.min_lr <= 1:

@@ -165,7 +165,7 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
     if not val_segs:
         log.warning("%s: no val split; validating on fixed train crops (optimistic numbers)", cache.path)
         val_segs, val_split = train_segs, "train"
-    sampler = CropSampler(train_segs, cfg.seq_len, cfg.seed, dist.rank)
+    sampler = CropSampler(train_segs, cfg.seq_len, cfg.seed, dist.rank, cfg.input_noise, model_cfg.vocab_size)
     if sampler.skipped and rank0:
         log.warning("%d of %d train segments are shorter than seq_len=%d and are skipped",
                     sampler.skipped, len(train_segs), cfg.seq_len)
