@@ -25,6 +25,16 @@ def test_decaying_harmonic_tone():
     assert "A3" in m["pitches"] and "A4" in m["pitches"]
 
 
+def test_the_codec_floor_raises_flatness_not_harmonic_share():
+    # real audio is compared as the codec writes it: 8-bit mu-law adds a noise floor that no
+    # model of the tokens can avoid (flatness up), while the tone stays a tone
+    y = tone()
+    q = quality.codec_audio(y)
+    assert q.dtype == np.float32 and q.shape == y.shape and np.abs(q - y).max() < 0.01
+    assert quality._flat(q, SR) > 3 * quality._flat(y, SR)
+    assert abs(quality.harmonic_share(q, SR) - quality.harmonic_share(y, SR)) < 0.01
+
+
 def test_white_noise():
     y = (0.1 * np.random.default_rng(0).standard_normal(4 * SR)).astype(np.float32)
     m = quality.measures(y, SR)

@@ -55,7 +55,8 @@ def this_round(meta, train_rows, command, bf16) -> dict:
     return {"steps": meta["step"], "tokens": meta["step"] * tr["batch_size"] * tr["seq_len"],
             "minutes": round(train_minutes(train_rows), 1), "lr": tr.get("lr"), "warmup": tr.get("warmup"),
             "tokens_per_s_median": round(float(np.median([r["tokens_per_s"] for r in train_rows]))),
-            "precision": "bf16 autocast" if bf16 else "float32", "command": command}
+            "precision": "bf16 autocast" if bf16 else "float32", "input_noise": tr.get("input_noise", 0.0),
+            "command": command}
 
 
 def previous_rounds(prev: dict) -> list:
@@ -132,7 +133,8 @@ def quality_rows(q: dict | None, q_old: dict | None) -> str:
             ("strongest pitches, overlap between clips", "pitch_overlap", "{:.2f}"),
             ("model's own bits/sample on the clip", "model_bits", "{:.3f}")]
     s, so = q["summary"], (q_old or {}).get("summary")
-    head = "| measure (median of 3 clips x 30 s, temperature 1) | real excerpts | this model | previous model |"
+    head = ("| measure (median of 3 clips x 30 s, temperature 1) | real excerpts (through the 8-bit codec) "
+            "| this model | previous model |")
     lines = [head, "|---|---|---|---|"]
     for label, k, f in keys:
         old = f.format(so["generated"][k]) if so and so["generated"].get(k) is not None else "-"
@@ -182,7 +184,9 @@ def targets(m: dict, q: dict | None) -> str:
 
 def rounds_text(rounds) -> str:
     return "; ".join(f"round {i + 1}: {r['steps']} steps, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
-                     f"peak lr {r['lr']}, {r['precision']}{' from random weights' if i == 0 else ' from round ' + str(i) + ' weights'}"
+                     f"peak lr {r['lr']}, {r['precision']}"
+                     f"{', input noise up to %g mu-law steps' % r['input_noise'] if r.get('input_noise') else ''}"
+                     f"{' from random weights' if i == 0 else ' from round ' + str(i) + ' weights'}"
                      for i, r in enumerate(rounds))
 
 
@@ -219,6 +223,10 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 ## What it sounds like (`wavelm bench quality`: 3 clips of 30 s from silence vs 3 real test excerpts)
 
 {quality_rows(q, q_old)}
+
+Real excerpts are measured after the 8-bit mu-law round trip, the best any model of these tokens
+can sound (docs/design.md, "Listening proxies"); the raw renders' median flatness is
+{(q or {}).get('summary', {}).get('real', {}).get('flatness_raw', float('nan')):.1e}.
 
 ![real (top) vs generated (bottom)](../../docs/quality.png)
 
