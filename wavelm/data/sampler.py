@@ -58,11 +58,13 @@ class CropSampler:
             seg = self.segs[i]
             rows[b, 0] = seg[s - 1] if s else ZERO
             rows[b, 1:] = seg[s:s + self.T]
-        x, y = rows[:, :-1], rows[:, 1:].copy()
-        if self.input_noise > 0:
+        t = torch.from_numpy(rows)
+        x, y = t[:, :-1], t[:, 1:]
+        if self.input_noise > 0:   # a new array for x; the targets stay the clean view
             sigma = rng.uniform(0.0, self.input_noise, (batch_size, 1))
-            x = np.clip(x + np.rint(rng.standard_normal(x.shape) * sigma).astype(np.int64), 0, self.vocab - 1)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+            noise = np.rint(rng.standard_normal((batch_size, self.T)) * sigma).astype(np.int64)
+            x = torch.from_numpy(np.clip(rows[:, :-1] + noise, 0, self.vocab - 1))
+        return x, y
 
 
 def val_crops(segments, seq_len: int, n: int) -> list[tuple[np.ndarray, int, int]]:
