@@ -272,3 +272,48 @@ def test_training_with_input_noise_runs_and_records_it(audio_dir, tmp_path):
     assert json.loads((tmp_path / "r" / "run.json").read_text())["train"]["input_noise"] == 2.0
     assert main(["train", "--data", str(audio_dir), "--out", str(tmp_path / "bad"), "--model", "tiny",
                  "--input-noise", "-1", "--no-progress"]) == 2
+
+
+def test_compiled_training_follows_eager(cache, tmp_path):
+    """`train.compile` (torch.compile of the training forward, here on CPU in float32) gives the
+    eager loss curve over the first steps within float tolerance."""
+    curves = {}
+    for comp in (False, True):
+        train(tiny_cfg(steps=6, eval_every=6, log_every=1, amp=False, compile=comp),
+              ModelConfig.from_name("tiny", arch="conformer"), cache, tmp_path / str(comp), progress=False)
+        curves[comp] = [r["loss_bits"] for r in map(json.loads, (tmp_path / str(comp) / "metrics.jsonl").open())
+                        if r["event"] == "train"]
+    assert len(curves[True]) == 6
+    np.testing.assert_allclose(curves[True], curves[False], rtol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bench_train_prints_tokens_per_s_and_compile_time(compiled, monkeypatch, capsys):
+    """`wavelm bench train` prints one row per preset; with --compile, a compile-time column
+    (torch.compile is replaced by a slow identity here: the column is the first step's extra time)."""
+    if compiled:
+        monkeypatch.setattr(torch, "compile", lambda m: _SlowFirstCall(m))
+    argv = ["bench", "train", "--presets", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch-size", "1",
+            "--seq-len", "64", "--no-amp"] + (["--compile"] if compiled else [])
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, ln in enumerate(out) if ln.startswith("preset"))
+    row = out[head + 1].split()
+    assert row[0] == "tiny" and float(row[4].replace(",", "")) > 0
+    assert ("compile s" in out[head]) == compiled
+    if compiled:
+        assert float(row[5]) >= 0.4
+
+
+class _SlowFirstCall(torch.nn.Module):
+    """Stands in for a compiled module: the first call pays a 0.5 s 'compile'."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m, self.done = m, False
+
+    def forward(self, x):
+        if not self.done:
+            time.sleep(0.5)
+            self.done = True
+        return self.m(x)

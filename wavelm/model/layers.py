@@ -80,6 +80,15 @@ def _sdpa(q, k, v, **kw):
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
+def _windows(x, r, n):
+    """x (B, H, (n + r - 1) S, D) -> (B n, H, r S, D): block j holds x's blocks j .. j + r - 1.
+    The same as unfold(2, r S, S) then a copy to this layout, but its backward is r strided adds
+    where unfold's is a scatter (3x faster in bf16 on CPU, ~8% of a `small` Conformer step)."""
+    B, H, L, D = x.shape
+    xs = x.reshape(B, H, n + r - 1, L // (n + r - 1), D).transpose(1, 2)     # (B, n + r - 1, H, S, D)
+    return torch.cat([xs[:, i:i + n] for i in range(r)], dim=3).reshape(B * n, H, L // (n + r - 1) * r, D)
+
+
 class Attention(nn.Module):
     """Causal multi-head attention over a sliding window of W steps, rotary positions.
 
@@ -150,8 +159,11 @@ class Attention(nn.Module):
         p_ext = torch.cat([rp, pos_all])                  # (W + nS,)
         # block j's queries [jS, jS + S) see ext keys [jS, jS + W + S); blocks are folded into
         # the batch because SDPA takes its fused CPU kernel only for 4-D inputs (~5x faster)
-        kb = k_ext.unfold(2, W + S, S).permute(0, 2, 1, 4, 3).reshape(B * n, H, W + S, D)
-        vb = v_ext.unfold(2, W + S, S).permute(0, 2, 1, 4, 3).reshape(B * n, H, W + S, D)
+        if W % S == 0:
+            kb, vb = _windows(k_ext, W // S + 1, n), _windows(v_ext, W // S + 1, n)
+        else:
+            kb = k_ext.unfold(2, W + S, S).permute(0, 2, 1, 4, 3).reshape(B * n, H, W + S, D)
+            vb = v_ext.unfold(2, W + S, S).permute(0, 2, 1, 4, 3).reshape(B * n, H, W + S, D)
         pk = p_ext.unfold(0, W + S, S)[:, None, :]        # (n, 1, W + S)
         pq = pos_all.view(n, S, 1)                        # (n, S, 1)
         mask = (pk >= 0) & (pk <= pq) & (pq - pk < W)     # (n, S, W + S)
