@@ -156,6 +156,7 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
 
     files = spread(cache.files(split), max_files)
     total = count = 0
+    t0 = time.monotonic()
     with inference(model, 1):
         for f in files:
             s = _Stream(model, keep_per_sample=False)
@@ -163,6 +164,8 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
             for i in range(0, len(t), 32768):
                 s.feed(t[i:i + 32768])
             total, count = total + s.total_bits, count + s.n
+    log.info("scored %s: %d files, %.1f M samples in %.1f min", split, len(files), count / 1e6,
+             (time.monotonic() - t0) / 60)
     return total / count if count else None
 
 
