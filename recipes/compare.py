@@ -18,7 +18,9 @@ study can be spread over sessions. After the `--seeds` of every config, the two 
 the lowest mean validation bits get seeds up to `--best-seeds`.
 
 Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
-state (`--eval-max-files` for a quick look). The validation curve (the trainer's fixed crops,
+state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_splits = false`: that
+config is judged on the fixed validation crops alone (the flat Conformer, whose whole-split scoring
+at 16 kHz in every layer would cost more than the rest of the study). The validation curve (the trainer's fixed crops,
 every `--eval-every` steps) gives the plot of val bits vs tokens. `--bench` measures, one config
 at a time on this machine, training tokens/s and fast-decoder samples/s at batch 1 (medians).
 """
@@ -57,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-max-files", type=int, default=None, help="score N files per split, not all")
     p.add_argument("--max-runs", type=int, default=None, help="train at most N runs now, then stop")
     p.add_argument("--bench", action="store_true", help="also measure training tokens/s and decoding samples/s")
-    p.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and stop")
+    p.add_argument("--table", action="store_true", help="print the table and the reading of OUT/results.jsonl")
     p.add_argument("--plot", metavar="PNG", help="plot val bits vs tokens (mean over seeds) and stop")
     for k in OVERRIDES:
         p.add_argument(f"--{k.replace('_', '-')}", type=str if k == "device" else float if k == "lr" else int,
@@ -102,6 +104,9 @@ def load_recipe(path: Path, args, data_path: str) -> dict:
             r = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         die(f"{path}: {e}")
+    study = r.get("study", {})
+    if set(study) - {"whole_splits"} or not isinstance(study.get("whole_splits", True), bool):
+        die(f"{path}: [study] takes one key, whole_splits = true or false")
     r["data"] = dict(r.get("data", {}), path=data_path)
     t = r.setdefault("train", {})
     t.update({k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None})
@@ -116,13 +121,17 @@ def check_shared(recipes: dict[str, dict]):
     seen = {}
     for name, r in recipes.items():
         try:
-            cfg = configs_from_recipe(r)[1]
+            cfg = configs_from_recipe(without_study(r))[1]
         except ValueError as e:
             die(f"{name}: {e}")
         seen[name] = tuple(getattr(cfg, k) for k in SHARED)
     if len(set(seen.values())) > 1:
         rows = "; ".join(f"{n}: {dict(zip(SHARED, v))}" for n, v in seen.items())
         die(f"the configs disagree on shared settings ({rows}); set them with flags, e.g. --batch-size 2")
+
+
+def without_study(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k != "study"}
 
 
 def machine() -> str:
@@ -180,7 +189,8 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     run = Path(run)
     recipe = json.loads(json.dumps(recipe))
     recipe["train"]["seed"] = seed
-    model_cfg, cfg, data_cfg = configs_from_recipe(recipe)
+    whole = recipe.get("study", {}).get("whole_splits", True)
+    model_cfg, cfg, data_cfg = configs_from_recipe(without_study(recipe))
     resume = (run / "last").is_dir()
     if resume:
         log.info("resuming from %s", run / "last")
@@ -193,11 +203,13 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     row = {"kind": "run", "config": config, "seed": seed, "run": str(run.relative_to(out)), "key": key,
            "arch": model_cfg.arch_name, "pool": model_cfg.pool, "params": res["params"], "steps": res["step"],
            "tokens_seen": res["step"] * tps, "best_step": res["best_step"], "val_crop_bits": res["best_val_bits"],
-           "val_bits": split_bits(net, cache, "val", max_files), "test_bits": split_bits(net, cache, "test", max_files),
+           "val_bits": split_bits(net, cache, "val", max_files) if whole else None,
+           "test_bits": split_bits(net, cache, "test", max_files) if whole else None,
            "eval_files": max_files, "tokens_per_s": throughput(run), "minutes": (time.monotonic() - t0) / 60,
            "resumed": resume, "curve": curve(run, tps), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
     append_result(Path(out), row)
-    log.info("val %.4f, test %.4f bits/sample", row["val_bits"] or float("nan"), row["test_bits"] or float("nan"))
+    log.info("val crops %.4f, val %.4f, test %.4f bits/sample", row["val_crop_bits"],
+             row["val_bits"] or float("nan"), row["test_bits"] or float("nan"))
 
 
 def bench_one(config: str, recipe: dict, out: str):
@@ -209,7 +221,7 @@ def bench_one(config: str, recipe: dict, out: str):
     from wavelm.model.lm import WaveLM, inference
     from wavelm.train import configs_from_recipe, forward_backward, make_optimizer
 
-    model_cfg, cfg, _ = configs_from_recipe(recipe)
+    model_cfg, cfg, _ = configs_from_recipe(without_study(recipe))
     torch.set_num_threads(cfg.threads or 1)
     torch.manual_seed(0)
     net = WaveLM(model_cfg)
@@ -239,6 +251,8 @@ def bench_one(config: str, recipe: dict, out: str):
 # ----------------------------------------------------------------------------- table and plot
 
 def summarize(rows: list[dict]) -> list[dict]:
+    """One row per config: stats (mean, min, max) over seeds; configs with whole-split scores
+    first, by mean val bits, then the crops-only ones by mean val-crop bits."""
     by = {}
     for r in rows:
         if r["kind"] == "run":
@@ -251,9 +265,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             return (statistics.mean(v), min(v), max(v)) if v else None
         s = speed.get(name, {})
         out.append({"config": name, "arch": rs[0]["arch"], "params": rs[0]["params"], "seeds": len(rs),
-                    "tokens": rs[0]["tokens_seen"], "val": stats("val_bits"), "test": stats("test_bits"),
-                    "train_tps": s.get("train_tokens_per_s"), "decode_sps": s.get("decode_samples_per_s")})
-    return sorted(out, key=lambda r: r["val"][0] if r["val"] else 99)
+                    "tokens": rs[0]["tokens_seen"], "crops": stats("val_crop_bits"), "val": stats("val_bits"),
+                    "test": stats("test_bits"), "train_tps": s.get("train_tokens_per_s"),
+                    "decode_sps": s.get("decode_samples_per_s")})
+    return sorted(out, key=lambda r: (r["val"] is None, (r["val"] or r["crops"] or (99,))[0]))
 
 
 def table(rows: list[dict]) -> str:
@@ -263,13 +278,57 @@ def table(rows: list[dict]) -> str:
     def n(v, f=",.0f"):
         return "-" if v is None else format(v, f)
 
-    head = ["config", "blocks", "params", "tokens seen", "seeds", "val bits, mean (min..max)",
-            "test bits, mean (min..max)", "train tok/s", "decode samples/s"]
+    head = ["config", "blocks", "params", "tokens seen", "seeds", "val crops, mean (min..max)",
+            "val bits, mean (min..max)", "test bits, mean (min..max)", "train tok/s", "decode samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summarize(rows):
         lines.append("| " + " | ".join([r["config"], r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['tokens'] / 1e6:.1f}M",
-                                        str(r["seeds"]), ms(r["val"]), ms(r["test"]), n(r["train_tps"]),
-                                        n(r["decode_sps"])]) + " |")
+                                        str(r["seeds"]), ms(r["crops"]), ms(r["val"]), ms(r["test"]),
+                                        n(r["train_tps"]), n(r["decode_sps"])]) + " |")
+    return "\n".join(lines)
+
+
+# (paper, what it says, the config it favours, the config it is said to beat)
+CLAIMS = [
+    ("Conformer-LLM", "convolution modules between decoder layers beat the Transformer",
+     "conformer_llm_small", "transformer"),
+    ("Conformer-LLM", "the large convolution module beats the Transformer", "conformer_llm_large", "transformer"),
+    ("Conformer", "a convolution module inside each block beats the Transformer", "conformer", "transformer"),
+    ("CAT", "convolutions on Q, K and V beat plain attention", "cat", "transformer"),
+    ("ConvSamba", "gated dilated convolution beats attention (the Transformer)", "conv", "transformer"),
+    ("ConvSamba", "gated dilated convolution beats attention (the Conformer)", "conv", "conformer"),
+    ("wavelm", "conv at the two fast rates, Conformer inner, beats the all-Conformer stack", "hybrid", "conformer"),
+    ("wavelm", "conv at the two fast rates, Conformer inner, beats the all-conv stack", "hybrid", "conv"),
+    ("SaShiMi", "multi-rate stages beat one flat stack at the sample rate", "conformer", "conformer_flat"),
+]
+
+
+def verdict(a: dict, b: dict) -> tuple[str, str]:
+    """Config a vs config b on whole-split val bits (val crops where either lacks them): a wins when
+    its worst seed beats b's best seed, loses the other way round; else not resolved."""
+    k = "val" if a["val"] and b["val"] else "crops"
+    (ma, lo_a, hi_a), (mb, lo_b, hi_b) = a[k], b[k]
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        word = "not resolved (one seed)"
+    elif hi_a < lo_b:
+        word = "confirmed"
+    elif hi_b < lo_a:
+        word = "refuted"
+    else:
+        word = "not resolved (seed ranges overlap)"
+    name = "val" if k == "val" else "val crops"
+    return word, (f"{name} {ma:.3f} ({lo_a:.3f}..{hi_a:.3f}) vs {mb:.3f} ({lo_b:.3f}..{hi_b:.3f}), "
+                  f"difference {mb - ma:+.3f}")
+
+
+def reading(rows: list[dict]) -> str:
+    """Each paper's claim whose two configs are in the study: confirmed, refuted or not resolved."""
+    by = {r["config"]: r for r in summarize(rows)}
+    lines = []
+    for paper, says, a, b in CLAIMS:
+        if a in by and b in by:
+            word, why = verdict(by[a], by[b])
+            lines.append(f"- {paper}: {says} (`{a}` vs `{b}`): **{word}**; {why}")
     return "\n".join(lines)
 
 
@@ -315,6 +374,7 @@ def main(argv=None) -> int:
             print(f"wrote {args.plot}")
         if args.table:
             print(table(rows))
+            print("\n" + reading(rows))
         return 0
     if not (args.data and args.configs and args.steps):
         die("training needs --data, --configs and --steps")
@@ -367,7 +427,7 @@ def main(argv=None) -> int:
 
     if not run_all([(n, s) for s in seeds for n in names]):
         return 0
-    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in names][:2]
+    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in names and r["val"]][:2]
     extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + args.best_seeds - len(seeds))]
     if not run_all([(n, s) for s in extra for n in best]):
         return 0
@@ -380,6 +440,7 @@ def main(argv=None) -> int:
                 proc.join()
     print(f"\n{len(names)} configs, {args.steps} steps each, on {cache_path}; {machine()}\n")
     print(table(read_results(out)))
+    print("\n" + reading(read_results(out)))
     return 0
 
 

@@ -36,7 +36,7 @@ def study(tmp_path):
     configs = []
     for arch in ("conv", "conformer"):
         p = tmp_path / f"{arch}.toml"
-        p.write_text(RECIPE.format(arch=arch))
+        p.write_text(RECIPE.format(arch=arch) + ("\n[study]\nwhole_splits = false\n" if arch == "conformer" else ""))
         configs.append(str(p))
     return tmp_path, ["--data", str(tmp_path / "cache"), "--configs", *configs, "--steps", "4",
                       "--seeds", "0,1", "--best-seeds", "2", "--eval-every", "2", "--out", str(tmp_path / "s")]
@@ -64,10 +64,35 @@ def test_study_runs_resumes_and_reports(study, capsys):
     assert set(runs) == {("conv", 0), ("conv", 1), ("conformer", 0), ("conformer", 1)}
     assert (out / "conv" / "seed0" / "best" / "model.safetensors").stat().st_mtime_ns == first   # not redone
     assert runs["conformer", 0]["resumed"] and not runs["conv", 1]["resumed"]
-    assert all(r["steps"] == 4 and r["tokens_seen"] == 4 * 128 and r["val_bits"] > 0 for r in runs.values())
+    assert all(r["steps"] == 4 and r["tokens_seen"] == 4 * 128 and r["val_crop_bits"] > 0 for r in runs.values())
+    assert all(r["val_bits"] > 0 and r["test_bits"] > 0 for (c, _), r in runs.items() if c == "conv")
+    assert all(r["val_bits"] is None and r["test_bits"] is None for (c, _), r in runs.items() if c == "conformer")
     assert {r["config"] for r in rows if r["kind"] == "speed"} == {"conv", "conformer"}
     text = capsys.readouterr().out
     assert "| conv |" in text and "val bits, mean (min..max)" in text
+    # the reading: conv vs conformer (ConvSamba's claim), on the val crops since conformer has no whole-split bits
+    claim = [ln for ln in text.splitlines() if "(`conv` vs `conformer`)" in ln]
+    assert len(claim) == 1 and "val crops" in claim[0]
+    assert any(w in claim[0] for w in ("confirmed", "refuted", "not resolved (seed ranges overlap)"))
     assert compare.main(["--out", str(out), "--plot", str(tmp / "v.png")]) == 0
     assert (tmp / "v.png").stat().st_size > 1000
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["kind"] == "run"
+
+
+def test_verdict_counts_a_difference_only_beyond_the_seed_spread():
+    def cfg(val, seeds=2):
+        return {"val": (sum(val) / len(val), min(val), max(val)), "crops": None, "seeds": seeds}
+
+    assert compare.verdict(cfg([3.0, 3.1]), cfg([3.2, 3.3]))[0] == "confirmed"
+    assert compare.verdict(cfg([3.2, 3.3]), cfg([3.0, 3.1]))[0] == "refuted"
+    assert compare.verdict(cfg([3.0, 3.25]), cfg([3.2, 3.3]))[0].startswith("not resolved (seed ranges")
+    assert compare.verdict(cfg([3.0], 1), cfg([3.5], 1))[0] == "not resolved (one seed)"
+    assert "difference +0.200" in compare.verdict(cfg([3.0, 3.1]), cfg([3.2, 3.3]))[1]
+
+
+def test_study_table_rejects_unknown_study_keys(tmp_path, capsys):
+    p = tmp_path / "a.toml"
+    p.write_text(RECIPE.format(arch="conv") + "\n[study]\nwhole_split = false\n")
+    with pytest.raises(SystemExit) as e:
+        compare.load_recipe(p, compare.parse_args(["--out", str(tmp_path), "--steps", "2"]), "x")
+    assert e.value.code == 2 and "[study] takes one key" in capsys.readouterr().err
