@@ -15,7 +15,8 @@ Resumable: each run lives in OUT/<config>/seed<k>/. A finished run has its line 
 OUT/results.jsonl and is never redone; a run that was killed continues from its last/
 checkpoint (the trainer's exact resume); `--max-runs N` trains at most N runs and stops, so a
 study can be spread over sessions. After the `--seeds` of every config, the two configs with
-the lowest mean validation bits get seeds up to `--best-seeds`.
+the lowest mean validation bits get seeds up to `--best-seeds`; configs judged on the crops alone
+(below) run last.
 
 Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
 state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_splits = false`: that
@@ -425,11 +426,15 @@ def main(argv=None) -> int:
             trained += 1
         return True
 
-    if not run_all([(n, s) for s in seeds for n in names]):
+    # whole-split configs first (seeds, then the best two's extra seeds), crops-only ones last
+    whole = [n for n in names if recipes[n].get("study", {}).get("whole_splits", True)]
+    if not run_all([(n, s) for s in seeds for n in whole]):
         return 0
-    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in names and r["val"]][:2]
+    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in whole and r["val"]][:2]
     extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + args.best_seeds - len(seeds))]
     if not run_all([(n, s) for s in extra for n in best]):
+        return 0
+    if not run_all([(n, s) for s in seeds for n in names if n not in whole]):
         return 0
     if args.bench:
         have = {r["config"] for r in read_results(out) if r["kind"] == "speed"}
