@@ -347,12 +347,21 @@ def plot(rows: list[dict], path: str):
     for r in rows:
         if r["kind"] == "run" and r["curve"]:
             by.setdefault(r["config"], []).append(np.array(r["curve"]))
+    late = []
     for name, cs in sorted(by.items()):
         n = min(len(c) for c in cs)
-        mean = np.mean([c[:n, 1] for c in cs], axis=0)
-        ax.plot(cs[0][:n, 0] / 1e6, mean, marker=".", label=f"{name} ({len(cs)} seeds)")
+        bits = np.array([c[:n, 1] for c in cs])
+        x = cs[0][:n, 0] / 1e6
+        line, = ax.plot(x, bits.mean(0), marker=".", label=f"{name} ({len(cs)} seed{'s' * (len(cs) > 1)})")
+        if len(cs) > 1:                                    # the spread between seeds
+            ax.fill_between(x, bits.min(0), bits.max(0), color=line.get_color(), alpha=0.2, lw=0)
+        late.append(bits[:, n // 5:])
+    if late:                                               # the early, steep evaluations run off the top
+        lo, hi = min(b.min() for b in late), max(b.max() for b in late)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation bits/sample (fixed crops)")
+    ax.set_title("mean over seeds; band: min..max", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
