@@ -20,9 +20,9 @@ the lowest mean validation bits get seeds up to `--best-seeds`; configs judged o
 
 Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
 state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_splits = false`: that
-config is judged on the fixed validation crops alone (the flat Conformer, whose whole-split scoring
-at 16 kHz in every layer would cost more than the rest of the study). The validation curve (the trainer's fixed crops,
-every `--eval-every` steps) gives the plot of val bits vs tokens. `--bench` measures, one config
+config is judged on the fixed validation crops alone (the flat Conformer, whose whole-split
+scoring at 16 kHz in every layer would cost more than the rest of the study). The validation
+curve (the trainer's fixed crops, every `--eval-every` steps) gives the plot of val bits vs tokens. `--bench` measures, one config
 at a time on this machine, training tokens/s and fast-decoder samples/s at batch 1 (medians).
 """
 from __future__ import annotations
