@@ -135,6 +135,11 @@ def without_study(recipe: dict) -> dict:
     return {k: v for k, v in recipe.items() if k != "study"}
 
 
+def whole_splits(recipe: dict) -> bool:
+    """Whether the config is scored on the whole val and test splits (else on the val crops alone)."""
+    return recipe.get("study", {}).get("whole_splits", True)
+
+
 def machine() -> str:
     from wavelm.commands.bench import machine as m
 
@@ -190,7 +195,7 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     run = Path(run)
     recipe = json.loads(json.dumps(recipe))
     recipe["train"]["seed"] = seed
-    whole = recipe.get("study", {}).get("whole_splits", True)
+    whole = whole_splits(recipe)
     model_cfg, cfg, data_cfg = configs_from_recipe(without_study(recipe))
     resume = (run / "last").is_dir()
     if resume:
@@ -436,7 +441,7 @@ def main(argv=None) -> int:
         return True
 
     # whole-split configs first (seeds, then the best two's extra seeds), crops-only ones last
-    whole = [n for n in names if recipes[n].get("study", {}).get("whole_splits", True)]
+    whole = [n for n in names if whole_splits(recipes[n])]
     if not run_all([(n, s) for s in seeds for n in whole]):
         return 0
     best = [r["config"] for r in summarize(read_results(out)) if r["config"] in whole and r["val"]][:2]
@@ -453,8 +458,9 @@ def main(argv=None) -> int:
                 proc.start()
                 proc.join()
     print(f"\n{len(names)} configs, {args.steps} steps each, on {cache_path}; {machine()}\n")
-    print(table(read_results(out)))
-    print("\n" + reading(read_results(out)))
+    rows = read_results(out)
+    print(table(rows))
+    print("\n" + reading(rows))
     return 0
 
 
