@@ -13,7 +13,8 @@ disagree on batch, crop length, steps, warm-up or lr.
 
 Resumable: each run lives in OUT/<config>/seed<k>/. A finished run has its line in
 OUT/results.jsonl and is never redone; a run that was killed continues from its last/
-checkpoint (the trainer's exact resume); `--max-runs N` trains at most N runs and stops, so a
+checkpoint (the trainer's exact resume), and a split already scored is kept in the run's
+scores.json; `--max-runs N` trains at most N runs and stops, so a
 study can be spread over sessions. After the `--seeds` of every config, the two configs with
 the lowest mean validation bits get seeds up to `--best-seeds`; configs judged on the crops alone
 (below) run last.
@@ -179,9 +180,25 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
             for i in range(0, len(t), 32768):
                 s.feed(t[i:i + 32768])
             total, count = total + s.total_bits, count + s.n
-    log.info("scored %s: %d files, %.1f M samples in %.1f min", split, len(files), count / 1e6,
-             (time.monotonic() - t0) / 60)
-    return total / count if count else None
+    bits = total / count if count else None
+    log.info("scored %s: %d files, %.1f M samples in %.1f min: %s bits/sample", split, len(files), count / 1e6,
+             (time.monotonic() - t0) / 60, f"{bits:.4f}" if bits is not None else "-")
+    return bits
+
+
+def saved_split_bits(run: Path, net, cache, split: str, max_files: int | None, best_step: int) -> float | None:
+    """split_bits, saved in RUN/scores.json as soon as each split is scored: a study killed while
+    scoring test resumes without scoring val again. Keyed by split, best step and file limit."""
+    from wavelm.files import atomic_write_text
+
+    p, key = run / "scores.json", f"{split}@{best_step}/{max_files or 'all'}"
+    saved = json.loads(p.read_text()) if p.is_file() else {}
+    if key not in saved:
+        saved[key] = split_bits(net, cache, split, max_files)
+        atomic_write_text(p, json.dumps(saved, indent=1) + "\n")
+    else:
+        log.info("%s: scored before (%s)", split, p)
+    return saved[key]
 
 
 def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str,
@@ -209,8 +226,8 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     row = {"kind": "run", "config": config, "seed": seed, "run": str(run.relative_to(out)), "key": key,
            "arch": model_cfg.arch_name, "pool": model_cfg.pool, "params": res["params"], "steps": res["step"],
            "tokens_seen": res["step"] * tps, "best_step": res["best_step"], "val_crop_bits": res["best_val_bits"],
-           "val_bits": split_bits(net, cache, "val", max_files) if whole else None,
-           "test_bits": split_bits(net, cache, "test", max_files) if whole else None,
+           "val_bits": saved_split_bits(run, net, cache, "val", max_files, res["best_step"]) if whole else None,
+           "test_bits": saved_split_bits(run, net, cache, "test", max_files, res["best_step"]) if whole else None,
            "eval_files": max_files, "tokens_per_s": throughput(run), "minutes": (time.monotonic() - t0) / 60,
            "resumed": resume, "curve": curve(run, tps), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
     append_result(Path(out), row)

@@ -96,3 +96,19 @@ def test_study_table_rejects_unknown_study_keys(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare.load_recipe(p, compare.parse_args(["--out", str(tmp_path), "--steps", "2"]), "x")
     assert e.value.code == 2 and "[study] takes one key" in capsys.readouterr().err
+
+
+def test_a_scored_split_is_kept_for_a_resumed_study(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "split_bits", lambda net, cache, split, mf: calls.append(split) or 3.5)
+    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920) == 3.5
+    # killed while scoring test: the rerun reads val back, scores test only
+    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920) == 3.5
+    assert compare.saved_split_bits(tmp_path, None, None, "test", None, 920) == 3.5
+    assert calls == ["val", "test"]
+    # another best checkpoint or file limit is another score
+    compare.saved_split_bits(tmp_path, None, None, "val", None, 900)
+    compare.saved_split_bits(tmp_path, None, None, "val", 2, 920)
+    assert calls == ["val", "test", "val", "val"]
+    assert set(json.loads((tmp_path / "scores.json").read_text())) == {"val@920/all", "test@920/all",
+                                                                       "val@900/all", "val@920/2"}
