@@ -186,19 +186,23 @@ def split_bits(model, cache, split: str, max_files: int | None) -> float | None:
     return bits
 
 
-def saved_split_bits(run: Path, net, cache, split: str, max_files: int | None, best_step: int) -> float | None:
+def saved_split_bits(run: Path, net, cache, split: str, max_files: int | None, best_step: int,
+                     run_key: str) -> float | None:
     """split_bits, saved in RUN/scores.json as soon as each split is scored: a study killed while
-    scoring test resumes without scoring val again. Keyed by split, best step and file limit."""
+    scoring test resumes without scoring val again. Keyed by split, best step and file limit; a
+    file written for other run settings (another run key) is not read."""
     from wavelm.files import atomic_write_text
 
     p, key = run / "scores.json", f"{split}@{best_step}/{max_files or 'all'}"
     saved = json.loads(p.read_text()) if p.is_file() else {}
-    if key not in saved:
-        saved[key] = split_bits(net, cache, split, max_files)
+    if saved.get("run_key") != run_key:
+        saved = {"run_key": run_key, "bits": {}}
+    if key not in saved["bits"]:
+        saved["bits"][key] = split_bits(net, cache, split, max_files)
         atomic_write_text(p, json.dumps(saved, indent=1) + "\n")
     else:
         log.info("%s: scored before (%s)", split, p)
-    return saved[key]
+    return saved["bits"][key]
 
 
 def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str,
@@ -226,8 +230,8 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     row = {"kind": "run", "config": config, "seed": seed, "run": str(run.relative_to(out)), "key": key,
            "arch": model_cfg.arch_name, "pool": model_cfg.pool, "params": res["params"], "steps": res["step"],
            "tokens_seen": res["step"] * tps, "best_step": res["best_step"], "val_crop_bits": res["best_val_bits"],
-           "val_bits": saved_split_bits(run, net, cache, "val", max_files, res["best_step"]) if whole else None,
-           "test_bits": saved_split_bits(run, net, cache, "test", max_files, res["best_step"]) if whole else None,
+           "val_bits": saved_split_bits(run, net, cache, "val", max_files, res["best_step"], key) if whole else None,
+           "test_bits": saved_split_bits(run, net, cache, "test", max_files, res["best_step"], key) if whole else None,
            "eval_files": max_files, "tokens_per_s": throughput(run), "minutes": (time.monotonic() - t0) / 60,
            "resumed": resume, "curve": curve(run, tps), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
     append_result(Path(out), row)

@@ -101,14 +101,18 @@ def test_study_table_rejects_unknown_study_keys(tmp_path, capsys):
 def test_a_scored_split_is_kept_for_a_resumed_study(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(compare, "split_bits", lambda net, cache, split, mf: calls.append(split) or 3.5)
-    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920) == 3.5
+    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920, "k1") == 3.5
     # killed while scoring test: the rerun reads val back, scores test only
-    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920) == 3.5
-    assert compare.saved_split_bits(tmp_path, None, None, "test", None, 920) == 3.5
+    assert compare.saved_split_bits(tmp_path, None, None, "val", None, 920, "k1") == 3.5
+    assert compare.saved_split_bits(tmp_path, None, None, "test", None, 920, "k1") == 3.5
     assert calls == ["val", "test"]
     # another best checkpoint or file limit is another score
-    compare.saved_split_bits(tmp_path, None, None, "val", None, 900)
-    compare.saved_split_bits(tmp_path, None, None, "val", 2, 920)
+    compare.saved_split_bits(tmp_path, None, None, "val", None, 900, "k1")
+    compare.saved_split_bits(tmp_path, None, None, "val", 2, 920, "k1")
     assert calls == ["val", "test", "val", "val"]
-    assert set(json.loads((tmp_path / "scores.json").read_text())) == {"val@920/all", "test@920/all",
-                                                                       "val@900/all", "val@920/2"}
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["run_key"] == "k1"
+    assert set(saved["bits"]) == {"val@920/all", "test@920/all", "val@900/all", "val@920/2"}
+    # a run directory reused with other settings: its old scores are not read back
+    compare.saved_split_bits(tmp_path, None, None, "val", None, 920, "k2")
+    assert calls[-1] == "val" and len(calls) == 5
