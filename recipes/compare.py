@@ -24,7 +24,8 @@ state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_spl
 config is judged on the fixed validation crops alone (the flat Conformer, whose whole-split
 scoring at 16 kHz in every layer would cost more than the rest of the study). The validation
 curve (the trainer's fixed crops, every `--eval-every` steps) gives the plot of val bits vs tokens. `--bench` measures, one config
-at a time on this machine, training tokens/s and fast-decoder samples/s at batch 1 (medians).
+at a time on this machine and before any training, training tokens/s and fast-decoder samples/s
+at batch 1 (medians), once per config (`--bench --max-runs 0` measures and trains nothing).
 """
 from __future__ import annotations
 
@@ -461,6 +462,16 @@ def main(argv=None) -> int:
             trained += 1
         return True
 
+    if args.bench:   # first, so no run of this study shares the machine with it; once per config
+        have = {r["config"] for r in read_results(out) if r["kind"] == "speed"}
+        for name in names:
+            if name not in have:
+                log.info("%s: bench", name)
+                proc = ctx.Process(target=bench_one, args=(name, recipes[name], str(out)))
+                proc.start()
+                proc.join()
+                if proc.exitcode != 0:
+                    die(f"{name}: bench failed (exit code {proc.exitcode})")
     # whole-split configs first (seeds, then the best two's extra seeds), crops-only ones last
     whole = [n for n in names if whole_splits(recipes[n])]
     if not run_all([(n, s) for s in seeds for n in whole]):
@@ -471,13 +482,6 @@ def main(argv=None) -> int:
         return 0
     if not run_all([(n, s) for s in seeds for n in names if n not in whole]):
         return 0
-    if args.bench:
-        have = {r["config"] for r in read_results(out) if r["kind"] == "speed"}
-        for name in names:
-            if name not in have:
-                proc = ctx.Process(target=bench_one, args=(name, recipes[name], str(out)))
-                proc.start()
-                proc.join()
     print(f"\n{len(names)} configs, {args.steps} steps each, on {cache_path}; {machine()}\n")
     rows = read_results(out)
     print(table(rows))

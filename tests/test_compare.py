@@ -74,6 +74,8 @@ def test_study_runs_resumes_and_reports(study, capsys):
     claim = [ln for ln in text.splitlines() if "(`conv` vs `conformer`)" in ln]
     assert len(claim) == 1 and "val crops" in claim[0]
     assert any(w in claim[0] for w in ("confirmed", "refuted", "not resolved (seed ranges overlap)"))
+    assert compare.main(argv + ["--bench", "--max-runs", "0"]) == 0     # measured once per config
+    assert sorted(r["config"] for r in compare.read_results(out) if r["kind"] == "speed") == ["conformer", "conv"]
     assert compare.main(["--out", str(out), "--plot", str(tmp / "v.png")]) == 0
     assert (tmp / "v.png").stat().st_size > 1000
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["kind"] == "run"
