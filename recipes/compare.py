@@ -212,6 +212,7 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     from wavelm.model.lm import load_model
     from wavelm.data.folder import TokenCache
     from wavelm.train import configs_from_recipe, train
+    from wavelm.train.distributed import device_for
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {config}/seed{seed}: %(message)s", datefmt="%H:%M:%S")
     run = Path(run)
@@ -226,7 +227,7 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
     res = train(cfg, model_cfg, cache_path, run, resume=resume, overwrite=not resume, data_cfg=data_cfg,
                 progress=False)
     cache = TokenCache(cache_path)
-    net = load_model(run / "best").eval()
+    net = load_model(run / "best").to(device_for(cfg, 0, 1)).eval()    # scored where it trained
     tps = cfg.batch_size * cfg.seq_len * cfg.accum
     row = {"kind": "run", "config": config, "seed": seed, "run": str(run.relative_to(out)), "key": key,
            "arch": model_cfg.arch_name, "pool": model_cfg.pool, "params": res["params"], "steps": res["step"],
