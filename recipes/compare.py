@@ -272,7 +272,8 @@ def bench_one(config: str, recipe: dict, out: str):
             t = time.perf_counter()
             dec.run(16000)
             rates.append(16000 / (time.perf_counter() - t))
-    append_result(Path(out), {"kind": "speed", "config": config, "train_tokens_per_s": train_tps,
+    append_result(Path(out), {"kind": "speed", "config": config, "arch": model_cfg.arch_name,
+                              "params": sum(p.numel() for p in net.parameters()), "train_tokens_per_s": train_tps,
                               "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
                               "machine": machine(), "loadavg": os.getloadavg()[0]})
 
@@ -297,7 +298,12 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "tokens": rs[0]["tokens_seen"], "crops": stats("val_crop_bits"), "val": stats("val_bits"),
                     "test": stats("test_bits"), "train_tps": s.get("train_tokens_per_s"),
                     "decode_sps": s.get("decode_samples_per_s")})
-    return sorted(out, key=lambda r: (r["val"] is None, (r["val"] or r["crops"] or (99,))[0]))
+    for name, s in speed.items():     # benched, not trained yet: its row shows the speeds
+        if name not in by:
+            out.append({"config": name, "arch": s.get("arch", "-"), "params": s.get("params"), "seeds": 0,
+                        "tokens": None, "crops": None, "val": None, "test": None,
+                        "train_tps": s.get("train_tokens_per_s"), "decode_sps": s.get("decode_samples_per_s")})
+    return sorted(out, key=lambda r: (r["val"] is None, r["crops"] is None, (r["val"] or r["crops"] or (99,))[0]))
 
 
 def table(rows: list[dict]) -> str:
@@ -307,11 +313,14 @@ def table(rows: list[dict]) -> str:
     def n(v, f=",.0f"):
         return "-" if v is None else format(v, f)
 
+    def millions(v, digits):
+        return "-" if v is None else f"{v / 1e6:.{digits}f}M"
+
     head = ["config", "blocks", "params", "tokens seen", "seeds", "val crops, mean (min..max)",
             "val bits, mean (min..max)", "test bits, mean (min..max)", "train tok/s", "decode samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summarize(rows):
-        lines.append("| " + " | ".join([r["config"], r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['tokens'] / 1e6:.1f}M",
+        lines.append("| " + " | ".join([r["config"], r["arch"], millions(r["params"], 2), millions(r["tokens"], 1),
                                         str(r["seeds"]), ms(r["crops"]), ms(r["val"]), ms(r["test"]),
                                         n(r["train_tps"]), n(r["decode_sps"])]) + " |")
     return "\n".join(lines)
@@ -352,7 +361,7 @@ def verdict(a: dict, b: dict) -> tuple[str, str]:
 
 def reading(rows: list[dict]) -> str:
     """Each paper's claim whose two configs are in the study: confirmed, refuted or not resolved."""
-    by = {r["config"]: r for r in summarize(rows)}
+    by = {r["config"]: r for r in summarize(rows) if r["seeds"]}
     lines = []
     for paper, says, a, b in CLAIMS:
         if a in by and b in by:

@@ -118,3 +118,14 @@ def test_a_scored_split_is_kept_for_a_resumed_study(tmp_path, monkeypatch):
     # a run directory reused with other settings: its old scores are not read back
     compare.saved_split_bits(tmp_path, None, None, "val", None, 920, "k2")
     assert calls[-1] == "val" and len(calls) == 5
+
+
+def test_a_benched_config_not_trained_yet_has_its_row_and_no_claim():
+    rows = [{"kind": "speed", "config": "conv", "arch": "conv", "params": 2_185_408,
+             "train_tokens_per_s": 25_294.4, "decode_samples_per_s": 16_611.3},
+            {"kind": "speed", "config": "transformer", "train_tokens_per_s": 23_097.9,
+             "decode_samples_per_s": 9_025.0}]           # a row from before speed rows carried params
+    text = compare.table(rows)
+    assert "| conv | conv | 2.19M | - | 0 | - | - | - | 25,294 | 16,611 |" in text
+    assert "| transformer | - | - | - | 0 | - | - | - | 23,098 | 9,025 |" in text
+    assert compare.reading(rows) == ""
