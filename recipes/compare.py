@@ -273,7 +273,7 @@ def bench_one(config: str, recipe: dict, out: str):
             dec.run(16000)
             rates.append(16000 / (time.perf_counter() - t))
     append_result(Path(out), {"kind": "speed", "config": config, "arch": model_cfg.arch_name,
-                              "params": sum(p.numel() for p in net.parameters()), "train_tokens_per_s": train_tps,
+                              "params": net.num_parameters(), "train_tokens_per_s": train_tps,
                               "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
                               "machine": machine(), "loadavg": os.getloadavg()[0]})
 
@@ -289,20 +289,17 @@ def summarize(rows: list[dict]) -> list[dict]:
             by.setdefault(r["config"], []).append(r)
     speed = {r["config"]: r for r in rows if r["kind"] == "speed"}
     out = []
-    for name, rs in by.items():
+    for name in {**by, **speed}:       # a config benched but not trained yet has a row with its speeds
+        rs, s = by.get(name, []), speed.get(name, {})
+        first = rs[0] if rs else s
+
         def stats(k):
             v = [r[k] for r in rs if r.get(k) is not None]
             return (statistics.mean(v), min(v), max(v)) if v else None
-        s = speed.get(name, {})
-        out.append({"config": name, "arch": rs[0]["arch"], "params": rs[0]["params"], "seeds": len(rs),
-                    "tokens": rs[0]["tokens_seen"], "crops": stats("val_crop_bits"), "val": stats("val_bits"),
+        out.append({"config": name, "arch": first.get("arch", "-"), "params": first.get("params"), "seeds": len(rs),
+                    "tokens": first.get("tokens_seen"), "crops": stats("val_crop_bits"), "val": stats("val_bits"),
                     "test": stats("test_bits"), "train_tps": s.get("train_tokens_per_s"),
                     "decode_sps": s.get("decode_samples_per_s")})
-    for name, s in speed.items():     # benched, not trained yet: its row shows the speeds
-        if name not in by:
-            out.append({"config": name, "arch": s.get("arch", "-"), "params": s.get("params"), "seeds": 0,
-                        "tokens": None, "crops": None, "val": None, "test": None,
-                        "train_tps": s.get("train_tokens_per_s"), "decode_sps": s.get("decode_samples_per_s")})
     return sorted(out, key=lambda r: (r["val"] is None, r["crops"] is None, (r["val"] or r["crops"] or (99,))[0]))
 
 
@@ -448,6 +445,14 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     trained = 0
 
+    def spawn(target, args_, failed: str, hint: str = ""):
+        """One run or bench in its own process (a clean torch and thread setup each); a failure stops the study."""
+        proc = ctx.Process(target=target, args=args_)
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            die(f"{failed} (exit code {proc.exitcode}){hint}")
+
     def run_all(plan):
         nonlocal trained
         for name, seed in plan:
@@ -463,12 +468,8 @@ def main(argv=None) -> int:
                 log.info("--max-runs %d reached; run again to continue", args.max_runs)
                 return False
             log.info("%s seed %d", name, seed)
-            proc = ctx.Process(target=run_one, args=(name, seed, recipes[name], cache_path, str(run), key,
-                                                     str(out), args.eval_max_files))
-            proc.start()
-            proc.join()
-            if proc.exitcode != 0:
-                die(f"{name} seed {seed} failed (exit code {proc.exitcode}); rerun to resume it")
+            spawn(run_one, (name, seed, recipes[name], cache_path, str(run), key, str(out), args.eval_max_files),
+                  f"{name} seed {seed} failed", "; rerun to resume it")
             trained += 1
         return True
 
@@ -477,11 +478,7 @@ def main(argv=None) -> int:
         for name in names:
             if name not in have:
                 log.info("%s: bench", name)
-                proc = ctx.Process(target=bench_one, args=(name, recipes[name], str(out)))
-                proc.start()
-                proc.join()
-                if proc.exitcode != 0:
-                    die(f"{name}: bench failed (exit code {proc.exitcode})")
+                spawn(bench_one, (name, recipes[name], str(out)), f"{name}: bench failed")
     # whole-split configs first (seeds, then the best two's extra seeds), crops-only ones last
     whole = [n for n in names if whole_splits(recipes[n])]
     if not run_all([(n, s) for s in seeds for n in whole]):
