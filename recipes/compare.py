@@ -39,8 +39,12 @@ import platform
 import statistics
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 log = logging.getLogger("compare")
 

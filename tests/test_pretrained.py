@@ -25,6 +25,18 @@ def test_bundled_model_loads_and_matches_its_card():
     assert (PRETRAINED_DIR / "model.safetensors").stat().st_size < 8 * 2**20  # a few MB at most
 
 
+
+def test_bundled_config_holds_no_machine_paths():
+    def strings(o):
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, list):
+            return [s for v in o for s in strings(v)]
+        return [o] if isinstance(o, str) else []
+    found = [s for s in strings(json.loads((PRETRAINED_DIR / "config.json").read_text())) if s.startswith("/")]
+    assert not found, f"absolute paths in the bundled config.json: {found}"
+
+
 def test_bundled_model_gets_the_fast_decoder():
     from wavelm.generation import start
 

@@ -58,13 +58,16 @@ def data_reference(cache: TokenCache, n_windows: int = 200, seed: int = 0) -> di
 
 
 def relative_paths(o):
-    """Paths under the repository become repository-relative: no machine paths in commits."""
+    """Paths under the repository become repository-relative, others keep their last two parts: no machine paths
+    in commits."""
     if isinstance(o, dict):
         return {k: relative_paths(v) for k, v in o.items()}
     if isinstance(o, list):
         return [relative_paths(v) for v in o]
     if isinstance(o, str) and o.startswith(str(REPO) + "/"):
         return o[len(str(REPO)) + 1:]
+    if isinstance(o, str) and o.startswith("/") and len(Path(o).parts) > 3:
+        return str(Path(*Path(o).parts[-2:]))  # a path elsewhere keeps its last two parts only
     return o
 
 

@@ -183,7 +183,7 @@ def targets(m: dict, q: dict | None) -> str:
 
 
 def rounds_text(rounds) -> str:
-    return "; ".join(f"round {i + 1}: {r['steps']} steps, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
+    return "; ".join(f"round {i + 1}: {r['steps']} steps to its best checkpoint, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
                      f"peak lr {r['lr']}, {r['precision']}"
                      f"{', input noise up to %g mu-law steps' % r['input_noise'] if r.get('input_noise') else ''}"
                      f"{' from random weights' if i == 0 else ' from round ' + str(i) + ' weights'}"

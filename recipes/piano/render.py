@@ -282,7 +282,7 @@ def _render(name, path, piano, out: Path, sample_rate, seed, tail, silence, **_)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="data/piano", help="output folder")
-    ap.add_argument("--limit", type=int, default=None, help="first N pieces only (quick subset)")
+    ap.add_argument("--limit", type=int, default=None, help="N pieces only, spread over the composers (quick subset)")
     ap.add_argument("--max-per-composer", type=int, default=None,
                     help="movements kept per composer (default: all, Palestrina 200 of 1,318)")
     ap.add_argument("--workers", type=int, default=2, help="parallel render processes")

@@ -39,7 +39,7 @@ def add_arguments(p):
     p.add_argument("--data", metavar="DIR|CACHE", help="audio folder or token cache (from run.json with --resume)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (checkpoints, metrics)")
     p.add_argument("--config", metavar="TOML", help="recipe: [model], [train], [data] tables")
-    p.add_argument("--model", metavar="PRESET", help="model preset (tiny, small, base, small-pooled, ...)")
+    p.add_argument("--model", metavar="PRESET", help="model preset (tiny, small, base, piano, small-flat, base-flat)")
     p.add_argument("--arch", help="transformer | conformer_llm | conformer | cat | conv")
     p.add_argument("--steps", type=int, metavar="N")
     p.add_argument("--batch-size", type=int, metavar="B", help="crops per process per step")
