@@ -25,7 +25,6 @@ def test_bundled_model_loads_and_matches_its_card():
     assert (PRETRAINED_DIR / "model.safetensors").stat().st_size < 8 * 2**20  # a few MB at most
 
 
-
 def test_bundled_config_holds_no_machine_paths():
     def strings(o):
         if isinstance(o, dict):
