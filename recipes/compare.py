@@ -11,13 +11,16 @@ crops for every config): load on the machine changes how long a run takes, never
 learns. Flags override the recipes' [train] tables; the study refuses configs that still
 disagree on batch, crop length, steps, warm-up or lr.
 
-Resumable: each run lives in OUT/<config>/seed<k>/. A finished run has its line in
-OUT/results.jsonl and is never redone; a run that was killed continues from its last/
+Resumable: each run lives in OUT/<config>/seed<k>/. A finished run has its line in the results
+file (OUT/results.jsonl, or `--results FILE`: keep it in git and the study outlives the machine)
+and is never redone; a run that was killed continues from its last/
 checkpoint (the trainer's exact resume), and a split already scored is kept in the run's
 scores.json; `--max-runs N` trains at most N runs and stops, so a
 study can be spread over sessions. After the `--seeds` of every config, the two configs with
 the lowest mean validation bits get seeds up to `--best-seeds`; configs judged on the crops alone
-(below) run last.
+(below) run last. A `pooled` line stands for runs whose folders were lost before their lines
+were kept in git: their config, seeds, params, tokens and (mean, min, max) of val crops, val and
+test bits, as the table printed them; those seeds count as done and pool with later runs.
 
 Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
 state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_splits = false`: that
@@ -56,6 +59,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="study folder: a run folder per config and seed, results.jsonl")
+    p.add_argument("--results", metavar="JSONL", help="the results file (default OUT/results.jsonl); keep it "
+                   "in git to keep a study that outlives its run folders")
     p.add_argument("--data", help="token cache or audio folder (prepared once into OUT/cache)")
     p.add_argument("--configs", nargs="+", metavar="TOML")
     p.add_argument("--steps", type=int, help="steps of every run (required to train)")
@@ -81,8 +86,7 @@ def die(msg: str):
 
 # ----------------------------------------------------------------------------- results file
 
-def read_results(out: Path) -> list[dict]:
-    p = out / "results.jsonl"
+def read_results(p: Path) -> list[dict]:
     if not p.is_file():
         return []
     rows = []
@@ -94,13 +98,18 @@ def read_results(out: Path) -> list[dict]:
     return rows
 
 
-def append_result(out: Path, row: dict):
-    """Rewrite results.jsonl with one more line, atomically."""
+def append_result(p: Path, row: dict):
+    """Rewrite the results file with one more line, atomically."""
     from wavelm.files import atomic_write_text
 
-    rows = [r for r in read_results(out) if not (r["kind"] == row["kind"] and r.get("run") == row.get("run")
-                                                 and r.get("config") == row.get("config"))]
-    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows + [row]))
+    rows = [r for r in read_results(p) if not (r["kind"] == row["kind"] and r.get("run") == row.get("run")
+                                               and r.get("config") == row.get("config"))]
+    atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in rows + [row]))
+
+
+def pooled_seeds(rows: list[dict], config: str) -> set[int]:
+    """Seeds of a config recorded as one `pooled` line (runs whose folders are gone; see the docstring)."""
+    return {s for r in rows if r["kind"] == "pooled" and r["config"] == config for s in r["seeds"]}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -210,7 +219,7 @@ def saved_split_bits(run: Path, net, cache, split: str, max_files: int | None, b
     return saved["bits"][key]
 
 
-def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str,
+def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key: str, out: str, results: str,
             max_files: int | None):
     """In a spawned process: train (or resume) one run, score it, append its result line."""
     from wavelm.model.lm import load_model
@@ -240,12 +249,12 @@ def run_one(config: str, seed: int, recipe: dict, cache_path: str, run: str, key
            "test_bits": saved_split_bits(run, net, cache, "test", max_files, res["best_step"], key) if whole else None,
            "eval_files": max_files, "tokens_per_s": throughput(run), "minutes": (time.monotonic() - t0) / 60,
            "resumed": resume, "curve": curve(run, tps), "model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    append_result(Path(out), row)
+    append_result(Path(results), row)
     log.info("val crops %.4f, val %.4f, test %.4f bits/sample", row["val_crop_bits"],
              row["val_bits"] or float("nan"), row["test_bits"] or float("nan"))
 
 
-def bench_one(config: str, recipe: dict, out: str):
+def bench_one(config: str, recipe: dict, results: str):
     """In a spawned process: training tokens/s (median of 5 steps) and decoding samples/s."""
     import numpy as np
     import torch
@@ -276,7 +285,7 @@ def bench_one(config: str, recipe: dict, out: str):
             t = time.perf_counter()
             dec.run(16000)
             rates.append(16000 / (time.perf_counter() - t))
-    append_result(Path(out), {"kind": "speed", "config": config, "arch": model_cfg.arch_name,
+    append_result(Path(results), {"kind": "speed", "config": config, "arch": model_cfg.arch_name,
                               "params": net.num_parameters(), "train_tokens_per_s": train_tps,
                               "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
                               "machine": machine(), "loadavg": os.getloadavg()[0]})
@@ -285,25 +294,30 @@ def bench_one(config: str, recipe: dict, out: str):
 # ----------------------------------------------------------------------------- table and plot
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One row per config: stats (mean, min, max) over seeds; configs with whole-split scores
-    first, by mean val bits, then the crops-only ones by mean val-crop bits."""
-    by = {}
+    """One row per config: stats (mean, min, max) over seeds, a `pooled` line counting as its
+    seeds; configs with whole-split scores first, by mean val bits, then the crops-only ones by
+    mean val-crop bits."""
+    by, pooled = {}, {}
     for r in rows:
-        if r["kind"] == "run":
-            by.setdefault(r["config"], []).append(r)
+        if r["kind"] in ("run", "pooled"):
+            (by if r["kind"] == "run" else pooled).setdefault(r["config"], []).append(r)
     speed = {r["config"]: r for r in rows if r["kind"] == "speed"}
     out = []
-    for name in {**by, **speed}:       # a config benched but not trained yet has a row with its speeds
-        rs, s = by.get(name, []), speed.get(name, {})
-        first = rs[0] if rs else s
+    for name in {**by, **pooled, **speed}:   # a config benched but not trained yet has a row with its speeds
+        rs, ps, s = by.get(name, []), pooled.get(name, []), speed.get(name, {})
+        first = (rs + ps + [s])[0]
 
         def stats(k):
-            v = [r[k] for r in rs if r.get(k) is not None]
-            return (statistics.mean(v), min(v), max(v)) if v else None
-        out.append({"config": name, "arch": first.get("arch", "-"), "params": first.get("params"), "seeds": len(rs),
-                    "tokens": first.get("tokens_seen"), "crops": stats("val_crop_bits"), "val": stats("val_bits"),
-                    "test": stats("test_bits"), "train_tps": s.get("train_tokens_per_s"),
-                    "decode_sps": s.get("decode_samples_per_s")})
+            parts = [(v, v, v, 1) for v in (r[k] for r in rs) if v is not None]
+            parts += [(*p[k], len(p["seeds"])) for p in ps if p.get(k)]     # (mean, min, max, seeds)
+            if not parts:
+                return None
+            n = sum(q[3] for q in parts)
+            return sum(q[0] * q[3] for q in parts) / n, min(q[1] for q in parts), max(q[2] for q in parts)
+        out.append({"config": name, "arch": first.get("arch", "-"), "params": first.get("params"),
+                    "seeds": len(rs) + sum(len(p["seeds"]) for p in ps), "tokens": first.get("tokens_seen"),
+                    "crops": stats("val_crop_bits"), "val": stats("val_bits"), "test": stats("test_bits"),
+                    "train_tps": s.get("train_tokens_per_s"), "decode_sps": s.get("decode_samples_per_s")})
     return sorted(out, key=lambda r: (r["val"] is None, r["crops"] is None, (r["val"] or r["crops"] or (99,))[0]))
 
 
@@ -385,15 +399,22 @@ def plot(rows: list[dict], path: str):
     for r in rows:
         if r["kind"] == "run" and r["curve"]:
             by.setdefault(r["config"], []).append(np.array(r["curve"]))
-    late = []
+    late, color = [], {}
     for name, cs in sorted(by.items()):
         n = min(len(c) for c in cs)
         bits = np.array([c[:n, 1] for c in cs])
         x = cs[0][:n, 0] / 1e6
         line, = ax.plot(x, bits.mean(0), marker=".", label=f"{name} ({len(cs)} seed{'s' * (len(cs) > 1)})")
+        color[name] = line.get_color()
         if len(cs) > 1:                                    # the spread between seeds
             ax.fill_between(x, bits.min(0), bits.max(0), color=line.get_color(), alpha=0.2, lw=0)
         late.append(bits[:, n // 5:])
+    for p in sorted((r for r in rows if r["kind"] == "pooled" and r.get("val_crop_bits")), key=lambda r: r["config"]):
+        m, lo, hi = p["val_crop_bits"]                    # pooled runs: their end point, the curves are gone
+        seeds = ",".join(map(str, p["seeds"]))
+        ax.errorbar([p["tokens_seen"] / 1e6], [m], yerr=[[m - lo], [hi - m]], fmt="s", ms=4, capsize=3,
+                    color=color.get(p["config"]), label=f"{p['config']} (seeds {seeds}: end point)")
+        late.append(np.array([lo, hi]))
     if late:                                               # the early, steep evaluations run off the top
         lo, hi = min(b.min() for b in late), max(b.max() for b in late)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
@@ -413,10 +434,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out).expanduser().resolve()
+    results = Path(args.results).expanduser().resolve() if args.results else out / "results.jsonl"
     if args.table or args.plot:
-        rows = read_results(out)
+        rows = read_results(results)
         if not rows:
-            die(f"{out}: no results.jsonl yet")
+            die(f"{results}: no results yet")
         if args.plot:
             plot(rows, args.plot)
             print(f"wrote {args.plot}")
@@ -434,7 +456,15 @@ def main(argv=None) -> int:
         die(f"--seeds: comma-separated integers, got {args.seeds!r}")
     from wavelm.train import DataConfig, open_data
 
+    from wavelm.files import OutputError, check_output, check_output_dir
+
+    try:                # before any training: a run's result line must have somewhere to go
+        check_output_dir(out)
+        check_output(results)
+    except OutputError as e:
+        die(str(e))
     out.mkdir(parents=True, exist_ok=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
     paths = [Path(c) for c in args.configs]
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
@@ -463,8 +493,9 @@ def main(argv=None) -> int:
             key = hashlib.sha256(json.dumps([recipes[name], seed, args.eval_max_files], sort_keys=True)
                                  .encode()).hexdigest()[:16]
             run = out / name / f"seed{seed}"
-            done = [r for r in read_results(out) if r["kind"] == "run" and r["run"] == str(run.relative_to(out))]
-            if done and done[0]["key"] == key:
+            rows = read_results(results)
+            done = [r for r in rows if r["kind"] == "run" and r["run"] == str(run.relative_to(out))]
+            if done and done[0]["key"] == key or seed in pooled_seeds(rows, name):
                 continue
             if done:
                 die(f"{run} was made with other settings; use another --out")
@@ -472,29 +503,30 @@ def main(argv=None) -> int:
                 log.info("--max-runs %d reached; run again to continue", args.max_runs)
                 return False
             log.info("%s seed %d", name, seed)
-            spawn(run_one, (name, seed, recipes[name], cache_path, str(run), key, str(out), args.eval_max_files),
+            spawn(run_one, (name, seed, recipes[name], cache_path, str(run), key, str(out), str(results),
+                            args.eval_max_files),
                   f"{name} seed {seed} failed", "; rerun to resume it")
             trained += 1
         return True
 
     if args.bench:   # first, so no run of this study shares the machine with it; once per config
-        have = {r["config"] for r in read_results(out) if r["kind"] == "speed"}
+        have = {r["config"] for r in read_results(results) if r["kind"] == "speed"}
         for name in names:
             if name not in have:
                 log.info("%s: bench", name)
-                spawn(bench_one, (name, recipes[name], str(out)), f"{name}: bench failed")
+                spawn(bench_one, (name, recipes[name], str(results)), f"{name}: bench failed")
     # whole-split configs first (seeds, then the best two's extra seeds), crops-only ones last
     whole = [n for n in names if whole_splits(recipes[n])]
     if not run_all([(n, s) for s in seeds for n in whole]):
         return 0
-    best = [r["config"] for r in summarize(read_results(out)) if r["config"] in whole and r["val"]][:2]
+    best = [r["config"] for r in summarize(read_results(results)) if r["config"] in whole and r["val"]][:2]
     extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + args.best_seeds - len(seeds))]
     if not run_all([(n, s) for s in extra for n in best]):
         return 0
     if not run_all([(n, s) for s in seeds for n in names if n not in whole]):
         return 0
     print(f"\n{len(names)} configs, {args.steps} steps each, on {cache_path}; {machine()}\n")
-    rows = read_results(out)
+    rows = read_results(results)
     print(table(rows))
     print("\n" + reading(rows))
     return 0

@@ -50,7 +50,7 @@ def test_study_runs_resumes_and_reports(study, capsys):
     tmp, argv = study
     out = tmp / "s"
     assert compare.main(argv + ["--max-runs", "1"]) == 0          # stopped after one run
-    rows = compare.read_results(out)
+    rows = compare.read_results(out / "results.jsonl")
     assert [(r["config"], r["seed"]) for r in rows] == [("conv", 0)]
     first = (out / "conv" / "seed0" / "best" / "model.safetensors").stat().st_mtime_ns
     # the next run was killed at step 2: a last/ checkpoint and no result line
@@ -59,7 +59,7 @@ def test_study_runs_resumes_and_reports(study, capsys):
           ModelConfig.from_name("tiny", arch="conformer"), str(tmp / "cache"), out / "conformer" / "seed0",
           overwrite=True, stop_at=2, progress=False)
     assert compare.main(argv + ["--bench"]) == 0
-    rows = compare.read_results(out)
+    rows = compare.read_results(out / "results.jsonl")
     runs = {(r["config"], r["seed"]): r for r in rows if r["kind"] == "run"}
     assert set(runs) == {("conv", 0), ("conv", 1), ("conformer", 0), ("conformer", 1)}
     assert (out / "conv" / "seed0" / "best" / "model.safetensors").stat().st_mtime_ns == first   # not redone
@@ -75,7 +75,7 @@ def test_study_runs_resumes_and_reports(study, capsys):
     assert len(claim) == 1 and "val crops" in claim[0]
     assert any(w in claim[0] for w in ("confirmed", "refuted", "not resolved (seed ranges overlap)"))
     assert compare.main(argv + ["--bench", "--max-runs", "0"]) == 0     # measured once per config
-    assert sorted(r["config"] for r in compare.read_results(out) if r["kind"] == "speed") == ["conformer", "conv"]
+    assert sorted(r["config"] for r in compare.read_results(out / "results.jsonl") if r["kind"] == "speed") == ["conformer", "conv"]
     assert compare.main(["--out", str(out), "--plot", str(tmp / "v.png")]) == 0
     assert (tmp / "v.png").stat().st_size > 1000
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["kind"] == "run"
@@ -129,3 +129,41 @@ def test_a_benched_config_not_trained_yet_has_its_row_and_no_claim():
     assert "| conv | conv | 2.19M | - | 0 | - | - | - | 25,294 | 16,611 |" in text
     assert "| transformer | - | - | - | 0 | - | - | - | 23,098 | 9,025 |" in text
     assert compare.reading(rows) == ""
+
+
+@pytest.mark.slow
+def test_pooled_lines_count_as_done_seeds_and_pool_with_new_runs(study, capsys):
+    """A study whose run folders were lost keeps going from its results file in git: the seeds of a
+    `pooled` line are not trained again, and the table pools them with the runs made since."""
+    tmp, argv = study
+    argv = argv[:argv.index("--configs") + 2] + argv[argv.index("--steps"):]       # conv alone
+    results = tmp / "kept" / "results.jsonl"
+    results.parent.mkdir()
+    pooled = {"kind": "pooled", "config": "conv", "seeds": [0], "arch": "conv", "params": 1000, "tokens_seen": 512,
+              "val_crop_bits": [7.0, 7.0, 7.0], "val_bits": [6.0, 6.0, 6.0], "test_bits": [6.5, 6.5, 6.5]}
+    results.write_text(json.dumps(pooled) + "\n")
+    argv += ["--results", str(results), "--best-seeds", "0"]
+    assert compare.main(argv + ["--seeds", "0"]) == 0
+    assert not (tmp / "s" / "conv" / "seed0").exists()                  # seed 0 is done: nothing trained
+    assert compare.main(argv + ["--seeds", "0,1"]) == 0
+    assert not (tmp / "s" / "conv" / "seed0").exists() and (tmp / "s" / "conv" / "seed1" / "best").is_dir()
+    rows = compare.read_results(results)
+    assert [r["kind"] for r in rows] == ["pooled", "run"] and not (tmp / "s" / "results.jsonl").exists()
+    v = rows[1]["val_bits"]
+    row = compare.summarize(rows)[0]
+    assert row["seeds"] == 2
+    assert row["val"] == pytest.approx(((6.0 + v) / 2, min(6.0, v), max(6.0, v)))
+    capsys.readouterr()
+    assert compare.main(["--out", str(tmp / "s"), "--results", str(results), "--table",
+                         "--plot", str(tmp / "p.png")]) == 0
+    assert "| conv | conv |" in capsys.readouterr().out and (tmp / "p.png").stat().st_size > 1000
+
+
+def test_an_unwritable_results_file_stops_the_study_before_training(study, capsys):
+    tmp, argv = study
+    (tmp / "ro").mkdir()
+    (tmp / "ro" / "results.jsonl").mkdir()                               # a folder where the file should be
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv + ["--results", str(tmp / "ro" / "results.jsonl")])
+    assert e.value.code == 2 and "results.jsonl: is a folder" in capsys.readouterr().err
+    assert not (tmp / "s" / "conv").exists()
