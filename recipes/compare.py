@@ -286,9 +286,9 @@ def bench_one(config: str, recipe: dict, results: str):
             dec.run(16000)
             rates.append(16000 / (time.perf_counter() - t))
     append_result(Path(results), {"kind": "speed", "config": config, "arch": model_cfg.arch_name,
-                              "params": net.num_parameters(), "train_tokens_per_s": train_tps,
-                              "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
-                              "machine": machine(), "loadavg": os.getloadavg()[0]})
+                                  "params": net.num_parameters(), "train_tokens_per_s": train_tps,
+                                  "decode_samples_per_s": float(np.median(rates)), "decoder": dec.name,
+                                  "machine": machine(), "loadavg": os.getloadavg()[0]})
 
 
 # ----------------------------------------------------------------------------- table and plot
