@@ -398,13 +398,14 @@ def plot(rows: list[dict], path: str):
     by = {}
     for r in rows:
         if r["kind"] == "run" and r["curve"]:
-            by.setdefault(r["config"], []).append(np.array(r["curve"]))
+            by.setdefault(r["config"], []).append((r["seed"], np.array(r["curve"])))
     late, color = [], {}
-    for name, cs in sorted(by.items()):
+    for name, runs in sorted(by.items()):
+        seeds, cs = ",".join(str(s) for s, _ in runs), [c for _, c in runs]
         n = min(len(c) for c in cs)
         bits = np.array([c[:n, 1] for c in cs])
         x = cs[0][:n, 0] / 1e6
-        line, = ax.plot(x, bits.mean(0), marker=".", label=f"{name} ({len(cs)} seed{'s' * (len(cs) > 1)})")
+        line, = ax.plot(x, bits.mean(0), marker=".", label=f"{name} (seed{'s' * (len(cs) > 1)} {seeds})")
         color[name] = line.get_color()
         if len(cs) > 1:                                    # the spread between seeds
             ax.fill_between(x, bits.min(0), bits.max(0), color=line.get_color(), alpha=0.2, lw=0)
@@ -420,7 +421,9 @@ def plot(rows: list[dict], path: str):
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation bits/sample (fixed crops)")
-    ax.set_title("mean over seeds; band: min..max", fontsize=9)
+    pooled = any(r["kind"] == "pooled" for r in rows)
+    ax.set_title("mean over seeds; band: min..max" + ("; squares: end points of pooled runs (curves lost)"
+                                                      if pooled else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
