@@ -58,7 +58,7 @@ SHARED = ("steps", "batch_size", "seq_len", "accum", "lr", "warmup", "threads", 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="study folder: a run folder per config and seed, results.jsonl")
+    p.add_argument("--out", help="study folder: a run folder per config and seed (and results.jsonl)")
     p.add_argument("--results", metavar="JSONL", help="the results file (default OUT/results.jsonl); keep it "
                    "in git to keep a study that outlives its run folders")
     p.add_argument("--data", help="token cache or audio folder (prepared once into OUT/cache)")
@@ -71,8 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-max-files", type=int, default=None, help="score N files per split, not all")
     p.add_argument("--max-runs", type=int, default=None, help="train at most N runs now, then stop")
     p.add_argument("--bench", action="store_true", help="also measure training tokens/s and decoding samples/s")
-    p.add_argument("--table", action="store_true", help="print the table and the reading of OUT/results.jsonl")
-    p.add_argument("--plot", metavar="PNG", help="plot val bits vs tokens (mean over seeds) and stop")
+    p.add_argument("--table", action="store_true", help="print the table and the reading of the results file")
+    p.add_argument("--plot", metavar="PNG", help="plot val bits vs tokens per config and stop")
     for k in OVERRIDES:
         p.add_argument(f"--{k.replace('_', '-')}", type=str if k == "device" else float if k == "lr" else int,
                        default=None, help="override for every config")
@@ -86,6 +86,9 @@ def die(msg: str):
 
 # ----------------------------------------------------------------------------- results file
 
+POOLED = ("config", "seeds", "keys", "tokens_seen", "val_crop_bits", "val_bits", "test_bits")
+
+
 def read_results(p: Path) -> list[dict]:
     if not p.is_file():
         return []
@@ -95,6 +98,13 @@ def read_results(p: Path) -> list[dict]:
             rows.append(json.loads(ln))
         except json.JSONDecodeError:
             die(f"{p}:{i}: not a JSON line (edit or remove it)")
+        missing = [k for k in POOLED if k not in rows[-1]] if rows[-1].get("kind") == "pooled" else []
+        if missing:
+            die(f"{p}:{i}: a pooled line needs {', '.join(missing)}")
+    pooled = {(r["config"], s) for r in rows if r["kind"] == "pooled" for s in r["seeds"]}
+    for r in rows:
+        if r["kind"] == "run" and (r["config"], r["seed"]) in pooled:
+            die(f"{p}: {r['config']} seed {r['seed']} has a run line and is in a pooled line (keep one)")
     return rows
 
 
@@ -107,9 +117,24 @@ def append_result(p: Path, row: dict):
     atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in rows + [row]))
 
 
-def pooled_seeds(rows: list[dict], config: str) -> set[int]:
-    """Seeds of a config recorded as one `pooled` line (runs whose folders are gone; see the docstring)."""
-    return {s for r in rows if r["kind"] == "pooled" and r["config"] == config for s in r["seeds"]}
+def done_keys(rows: list[dict], config: str, seed: int) -> list[str]:
+    """The keys of the finished runs of (config, seed): its run line, or its seed's in a pooled line."""
+    return ([r["key"] for r in rows if r["kind"] == "run" and r["config"] == config and r["seed"] == seed]
+            + [r["keys"][str(seed)] for r in rows if r["kind"] == "pooled" and r["config"] == config
+               and seed in r["seeds"]])
+
+
+def data_id(cache) -> str:
+    """The study's data wherever it lies: each file's path in the folder, split and length; rate, codec."""
+    files = [(f["path"], f["split"], f["num_samples"]) for f in cache.meta["files"]]
+    return hashlib.sha256(json.dumps([cache.sample_rate, cache.codec, files]).encode()).hexdigest()[:16]
+
+
+def run_key(recipe: dict, seed: int, max_files: int | None, data: str) -> str:
+    """A run's settings as a short hash: its recipe (the data as its data_id, not as a path on
+    this machine, so a results file in git holds on any clone), seed and file limit."""
+    r = dict(recipe, data=dict(recipe["data"], path=data))
+    return hashlib.sha256(json.dumps([r, seed, max_files], sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- settings
@@ -410,10 +435,12 @@ def plot(rows: list[dict], path: str):
         if len(cs) > 1:                                    # the spread between seeds
             ax.fill_between(x, bits.min(0), bits.max(0), color=line.get_color(), alpha=0.2, lw=0)
         late.append(bits[:, n // 5:])
-    for p in sorted((r for r in rows if r["kind"] == "pooled" and r.get("val_crop_bits")), key=lambda r: r["config"]):
-        m, lo, hi = p["val_crop_bits"]                    # pooled runs: their end point, the curves are gone
-        seeds = ",".join(map(str, p["seeds"]))
-        ax.errorbar([p["tokens_seen"] / 1e6], [m], yerr=[[m - lo], [hi - m]], fmt="s", ms=4, capsize=3,
+    pooled = sorted((r for r in rows if r["kind"] == "pooled" and r["val_crop_bits"]), key=lambda r: r["config"])
+    for i, p in enumerate(pooled):                         # pooled runs: their end points (the curves are gone),
+        m, lo, hi = p["val_crop_bits"]                    # spread a little along x so that the bars do not hide
+        seeds = ",".join(map(str, p["seeds"]))            # one another
+        x = p["tokens_seen"] / 1e6 * (1 + 0.012 * (i - (len(pooled) - 1) / 2))
+        ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="s", ms=4, capsize=3,
                     color=color.get(p["config"]), label=f"{p['config']} (seeds {seeds}: end point)")
         late.append(np.array([lo, hi]))
     if late:                                               # the early, steep evaluations run off the top
@@ -421,9 +448,9 @@ def plot(rows: list[dict], path: str):
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("validation bits/sample (fixed crops)")
-    pooled = any(r["kind"] == "pooled" for r in rows)
-    ax.set_title("mean over seeds; band: min..max" + ("; squares: end points of pooled runs (curves lost)"
-                                                      if pooled else ""), fontsize=9)
+    ax.set_title("lines: mean over the seeds named, band min..max" + ("; squares: end points of pooled "
+                                                                      "runs (curves lost)" if pooled else ""),
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -436,7 +463,9 @@ def plot(rows: list[dict], path: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    out = Path(args.out).expanduser().resolve()
+    if not (args.out or args.results and (args.table or args.plot)):
+        die("--out is needed (or --results, with --table or --plot)")
+    out = Path(args.out).expanduser().resolve() if args.out else None
     results = Path(args.results).expanduser().resolve() if args.results else out / "results.jsonl"
     if args.table or args.plot:
         rows = read_results(results)
@@ -449,8 +478,8 @@ def main(argv=None) -> int:
             print(table(rows))
             print("\n" + reading(rows))
         return 0
-    if not (args.data and args.configs and args.steps):
-        die("training needs --data, --configs and --steps")
+    if not (args.data and args.configs and args.steps and out):
+        die("training needs --out, --data, --configs and --steps")
     if args.steps < 1 or args.best_seeds < 0:
         die("--steps must be >= 1 and --best-seeds >= 0")
     try:
@@ -476,7 +505,7 @@ def main(argv=None) -> int:
         if not p.is_file():
             die(f"{p}: no such config")
     cache = open_data(args.data, out, DataConfig(path=args.data))
-    cache_path = str(Path(cache.path).resolve())
+    cache_path, data = str(Path(cache.path).resolve()), data_id(cache)
     recipes = {n: load_recipe(p, args, cache_path) for n, p in zip(names, paths)}
     check_shared(recipes)
     ctx = mp.get_context("spawn")
@@ -493,15 +522,14 @@ def main(argv=None) -> int:
     def run_all(plan):
         nonlocal trained
         for name, seed in plan:
-            key = hashlib.sha256(json.dumps([recipes[name], seed, args.eval_max_files], sort_keys=True)
-                                 .encode()).hexdigest()[:16]
+            key = run_key(recipes[name], seed, args.eval_max_files, data)
             run = out / name / f"seed{seed}"
-            rows = read_results(results)
-            done = [r for r in rows if r["kind"] == "run" and r["run"] == str(run.relative_to(out))]
-            if done and done[0]["key"] == key or seed in pooled_seeds(rows, name):
+            done = done_keys(read_results(results), name, seed)
+            if done and done[0] == key:
                 continue
             if done:
-                die(f"{run} was made with other settings; use another --out")
+                die(f"{name} seed {seed} in {results} was made with other settings; "
+                    "use another --results and --out")
             if args.max_runs is not None and trained >= args.max_runs:
                 log.info("--max-runs %d reached; run again to continue", args.max_runs)
                 return False

@@ -133,14 +133,23 @@ def test_a_benched_config_not_trained_yet_has_its_row_and_no_claim():
 
 @pytest.mark.slow
 def test_pooled_lines_count_as_done_seeds_and_pool_with_new_runs(study, capsys):
-    """A study whose run folders were lost keeps going from its results file in git: the seeds of a
-    `pooled` line are not trained again, and the table pools them with the runs made since."""
+    """A study whose run folders were lost keeps going from its results file in git, on another
+    machine: the seeds of a `pooled` line are not trained again, the table pools them with the
+    runs made since, and a run's key does not depend on where the data lies."""
+    import shutil
+
+    from wavelm.data.folder import TokenCache
+
     tmp, argv = study
     argv = argv[:argv.index("--configs") + 2] + argv[argv.index("--steps"):]       # conv alone
     results = tmp / "kept" / "results.jsonl"
     results.parent.mkdir()
-    pooled = {"kind": "pooled", "config": "conv", "seeds": [0], "arch": "conv", "params": 1000, "tokens_seen": 512,
-              "val_crop_bits": [7.0, 7.0, 7.0], "val_bits": [6.0, 6.0, 6.0], "test_bits": [6.5, 6.5, 6.5]}
+    args = compare.parse_args(argv)
+    recipe = compare.load_recipe(Path(args.configs[0]), args, "anywhere")
+    key0 = compare.run_key(recipe, 0, None, compare.data_id(TokenCache(tmp / "cache")))
+    pooled = {"kind": "pooled", "config": "conv", "seeds": [0], "keys": {"0": key0}, "arch": "conv", "params": 1000,
+              "tokens_seen": 512, "val_crop_bits": [7.0, 7.0, 7.0], "val_bits": [6.0, 6.0, 6.0],
+              "test_bits": [6.5, 6.5, 6.5]}
     results.write_text(json.dumps(pooled) + "\n")
     argv += ["--results", str(results), "--best-seeds", "0"]
     assert compare.main(argv + ["--seeds", "0"]) == 0
@@ -154,9 +163,34 @@ def test_pooled_lines_count_as_done_seeds_and_pool_with_new_runs(study, capsys):
     assert row["seeds"] == 2
     assert row["val"] == pytest.approx(((6.0 + v) / 2, min(6.0, v), max(6.0, v)))
     capsys.readouterr()
-    assert compare.main(["--out", str(tmp / "s"), "--results", str(results), "--table",
-                         "--plot", str(tmp / "p.png")]) == 0
+    assert compare.main(["--results", str(results), "--table", "--plot", str(tmp / "p.png")]) == 0
     assert "| conv | conv |" in capsys.readouterr().out and (tmp / "p.png").stat().st_size > 1000
+    # the same study on another machine: the data elsewhere, a fresh --out; nothing is trained again
+    shutil.copytree(tmp / "cache", tmp / "moved")
+    moved = [str(tmp / "moved") if a == str(tmp / "cache") else str(tmp / "s2") if a == str(tmp / "s") else a
+             for a in argv]
+    assert compare.main(moved + ["--seeds", "0,1"]) == 0
+    assert not (tmp / "s2" / "conv").exists()
+    # a pooled seed made with other settings stops the study instead of mixing into its table
+    results.write_text(json.dumps(dict(pooled, keys={"0": "0" * 16})) + "\n")
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv + ["--seeds", "0"])
+    assert e.value.code == 2 and "conv seed 0 in" in capsys.readouterr().err
+
+
+def test_results_file_checks(tmp_path, capsys):
+    p = tmp_path / "results.jsonl"
+    run = {"kind": "run", "config": "conv", "seed": 0, "key": "k"}
+    pooled = {"kind": "pooled", "config": "conv", "seeds": [0, 1], "keys": {"0": "a", "1": "b"}, "tokens_seen": 1,
+              "val_crop_bits": None, "val_bits": None, "test_bits": None}
+    for rows, says in (([{k: v for k, v in pooled.items() if k != "keys"}], "a pooled line needs keys"),
+                       ([pooled, run], "conv seed 0 has a run line and is in a pooled line")):
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(SystemExit) as e:
+            compare.read_results(p)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    assert compare.done_keys([pooled, dict(run, seed=2)], "conv", 1) == ["b"]
+    assert compare.done_keys([pooled, dict(run, seed=2)], "conv", 2) == ["k"]
 
 
 def test_an_unwritable_results_file_stops_the_study_before_training(study, capsys):
