@@ -19,8 +19,9 @@ scores.json; `--max-runs N` trains at most N runs and stops, so a
 study can be spread over sessions. After the `--seeds` of every config, the two configs with
 the lowest mean validation bits get seeds up to `--best-seeds`; configs judged on the crops alone
 (below) run last. A `pooled` line stands for runs whose folders were lost before their lines
-were kept in git: their config, seeds, params, tokens and (mean, min, max) of val crops, val and
-test bits, as the table printed them; those seeds count as done and pool with later runs.
+were kept in git: their config, seeds and each seed's run key, params, tokens and (mean, min, max)
+of val crops, val and test bits, as the table printed them; those seeds count as done and pool
+with later runs.
 
 Scoring: the best checkpoint on the whole val and test splits, each file one stream from a zero
 state (`--eval-max-files` for a quick look). A recipe may say `[study] whole_splits = false`: that
@@ -486,9 +487,8 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         die(f"--seeds: comma-separated integers, got {args.seeds!r}")
-    from wavelm.train import DataConfig, open_data
-
     from wavelm.files import OutputError, check_output, check_output_dir
+    from wavelm.train import DataConfig, open_data
 
     try:                # before any training: a run's result line must have somewhere to go
         check_output_dir(out)
