@@ -96,6 +96,9 @@ def test_cli_resume_extends_a_run_like_one_long_run(audio_dir, cache, tmp_path):
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "b" / "cache" / "meta.json").is_file()
+    rows = [json.loads(ln) for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    starts = [r for r in rows if r["event"] == "start"]   # each invocation names its machine
+    assert [r["step"] for r in starts] == [0, 6] and all(r["machine"] and r["device"] == "cpu" for r in starts)
 
 
 def test_time_budget_stops_cleanly_and_saves_last(cache, tmp_path):

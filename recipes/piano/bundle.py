@@ -33,6 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "recipes")]
 import wavelm  # noqa: E402
 from bach_piano.bundle import relative_paths  # noqa: E402
 from wavelm.checkpoint import PRETRAINED_DIR  # noqa: E402
+from wavelm.commands.bench import machine  # noqa: E402
 from wavelm.files import atomic_write_text  # noqa: E402
 from wavelm.quality import piano_of  # noqa: E402
 
@@ -50,13 +51,19 @@ def train_minutes(rows) -> float:
     return (total + last) / 60
 
 
-def this_round(meta, train_rows, command, bf16) -> dict:
+def this_round(meta, rows, command, bf16_here) -> dict:
+    """The run's round: steps, tokens, minutes, and the machines and precision its invocations
+    logged (`start` events; a run from before they were logged is taken as trained here)."""
     tr = meta.get("train", {})
+    train_rows = [r for r in rows if r.get("event") == "train"]
+    starts = [r for r in rows if r.get("event") == "start"]
+    prec = list(dict.fromkeys("bf16 autocast" if r["bf16"] else "float32" for r in starts))
     return {"steps": meta["step"], "tokens": meta["step"] * tr["batch_size"] * tr["seq_len"],
             "minutes": round(train_minutes(train_rows), 1), "lr": tr.get("lr"), "warmup": tr.get("warmup"),
             "tokens_per_s_median": round(float(np.median([r["tokens_per_s"] for r in train_rows]))),
-            "precision": "bf16 autocast" if bf16 else "float32", "input_noise": tr.get("input_noise", 0.0),
-            "command": command}
+            "precision": " then ".join(prec) or ("bf16 autocast" if bf16_here else "float32"),
+            "hardware": " then ".join(dict.fromkeys(r["machine"] for r in starts)) or machine(),
+            "input_noise": tr.get("input_noise", 0.0), "command": command}
 
 
 def previous_rounds(prev: dict) -> list:
@@ -182,6 +189,18 @@ def targets(m: dict, q: dict | None) -> str:
     return "\n".join(rows)
 
 
+OLD_HARDWARE = "2-vCPU AMD EPYC VM, CPU only, 1 torch thread"  # rounds trained before `start` events
+
+
+def hardware(rounds) -> str:
+    """The machines of the training rounds, each with the rounds it ran."""
+    hw = [r.get("hardware", OLD_HARDWARE) for r in rounds]
+    if len(set(hw)) == 1:
+        return hw[0]
+    return "; ".join(f"round {', '.join(str(i + 1) for i, x in enumerate(hw) if x == h)}: {h}"
+                     for h in dict.fromkeys(hw))
+
+
 def rounds_text(rounds) -> str:
     return "; ".join(f"round {i + 1}: {r['steps']} steps to its best checkpoint, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
                      f"peak lr {r['lr']}, {r['precision']}"
@@ -213,7 +232,7 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 | parameters | {card['parameters']:,} (stored as float16: {card['parameters'] * 2 / 2**20:.1f} MB; run in float32) |
 | training | {card['tokens'] / 1e6:.0f} M tokens ({card['tokens'] / 16000 / 3600 / 20.96:.2f} epochs) in {card['train_minutes']:.0f} min, batches of {tr.get('batch_size')} x {tr.get('seq_len')} samples, AdamW, linear warm-up then cosine to 10%; {rounds_text(card['rounds'])}; best checkpoint at the last round's step {meta.get('best_step')} |
 | command | {'; then '.join(f"`{r['command']}`" for r in card['rounds'])} |
-| hardware | CPU only: 2-vCPU AMD EPYC VM, 1 torch thread, shared with the project's other jobs (median tokens/s per round: {', '.join(f"{r['tokens_per_s_median']:,}" for r in card['rounds'])}) |
+| hardware | {hardware(card['rounds'])}, shared with the project's other jobs (median tokens/s per round: {', '.join(f"{r['tokens_per_s_median']:,}" for r in card['rounds'])}) |
 | **test bits/sample** | **{fmt('test')}** (whole test split, {m.get('test', {}).get('num_samples', 0):,} samples; per piano {pp('test')}); linear predictor 3.720, previous bundled model {was('test', 'not measured')} |
 | **unseen piano** | **{fmt('unseen')}** (whole split, FluidR3 GM grand, never trained on); linear predictor 4.807, previous bundled model {card.get('old_unseen', 'not measured')} |
 | val bits/sample | {card['best_val_crops']:.3f} on the trainer's 32 fixed val crops of 32,768 samples (the whole val split is not scored here); linear predictor 3.546 on the whole split |
@@ -278,12 +297,11 @@ def main():
     for p in sorted(args.run.glob("bundle_scores*.json")):
         m.update(json.loads(p.read_text()))
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    train_rows = [r for r in rows if r.get("event") == "train"]
     prev = json.loads(args.previous.read_text()) if args.previous else None
     run_cfg = json.loads((args.run / "run.json").read_text())
     from wavelm.train import TrainConfig, use_bf16
     bf16 = use_bf16("cpu", TrainConfig(**run_cfg["train"]))
-    rounds = (previous_rounds(prev) if prev else []) + [this_round(meta, train_rows, args.command, bf16)]
+    rounds = (previous_rounds(prev) if prev else []) + [this_round(meta, rows, args.command, bf16)]
     card = {"parameters": model.num_parameters(), "tokens": sum(r["tokens"] for r in rounds),
             "train_tokens_per_s_median": rounds[-1]["tokens_per_s_median"],
             "train_minutes": sum(r["minutes"] for r in rounds), "rounds": rounds,

@@ -11,7 +11,8 @@ best/last checkpoints and exact resume; one process or many under `torchrun` (DD
 The run directory:
 
     run.json        model, train and data configs (what `--resume` starts from)
-    metrics.jsonl   one JSON object per log or validation event (rank 0)
+    metrics.jsonl   one JSON object per event (rank 0): `start` (each invocation: machine, device,
+                    bf16), `train` (loss, lr, tokens/s), `val`
     cache/          the token cache when `data` is an audio folder; reused while files are unchanged
     last/           model dir + trainer_state.pt, every `save_every` steps and at the end
     best/           model dir with the lowest validation bits so far

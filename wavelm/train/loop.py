@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wavelm.audio import LN2
+from wavelm.commands.bench import machine
 from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, val_crops
 from wavelm.files import atomic_write_text
 from wavelm.model.config import ModelConfig
@@ -218,6 +219,8 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         atomic_write_text(out / "run.json", json.dumps(
             {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": data_cfg.to_dict()}, indent=2) + "\n")
         metrics = Metrics(out, step, cfg.tensorboard)
+        metrics.write({"event": "start", "step": step, "machine": machine(), "device": str(device),
+                       "world_size": dist.world, "bf16": use_bf16(device, cfg), "time": time.time()})
         if on_start is not None:
             on_start({"params": net.num_parameters(), "model": model_cfg, "train": cfg, "data": data_info,
                       "cache": cache, "world_size": dist.world, "device": str(device),
