@@ -1,5 +1,6 @@
 """The bundled default model: it loads without a download, matches its card, and makes sound."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,22 @@ def test_bundled_model_scores_a_piano_like_tone_better_than_noise():
     tone = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-2 * t)).astype(np.float32)
     noise = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32)
     assert wavelm.score(model, tone).bits_per_sample < wavelm.score(model, noise).bits_per_sample - 1
+
+
+def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
+    spec = importlib.util.spec_from_file_location("piano_bundle", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    meta = {"step": 8, "train": {"batch_size": 2, "seq_len": 16, "lr": 1e-3, "warmup": 1}}
+    rows = [{"event": "start", "step": 0, "machine": "AMD", "bf16": False},
+            {"event": "train", "step": 4, "elapsed_s": 60.0, "tokens_per_s": 10.0},
+            {"event": "start", "step": 4, "machine": "Intel", "bf16": True},  # resumed elsewhere
+            {"event": "train", "step": 8, "elapsed_s": 30.0, "tokens_per_s": 20.0}]
+    r = bundle.this_round(meta, rows, "cmd", bf16_here=False)
+    assert r["precision"] == "float32 then bf16 autocast" and r["hardware"] == "AMD then Intel"
+    assert r["minutes"] == 1.5 and r["tokens"] == 8 * 2 * 16
+    assert bundle.hardware([{}, {}, r]) == f"round 1, 2: {bundle.OLD_HARDWARE}; round 3: AMD then Intel"
+    assert bundle.hardware([{}, {}]) == bundle.OLD_HARDWARE
