@@ -219,13 +219,14 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         atomic_write_text(out / "run.json", json.dumps(
             {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": data_cfg.to_dict()}, indent=2) + "\n")
         metrics = Metrics(out, step, cfg.tensorboard)
+        bf16 = use_bf16(device, cfg)
         metrics.write({"event": "start", "step": step, "machine": machine(), "device": str(device),
-                       "world_size": dist.world, "bf16": use_bf16(device, cfg), "time": time.time()})
+                       "world_size": dist.world, "bf16": bf16, "time": time.time()})
         if on_start is not None:
             on_start({"params": net.num_parameters(), "model": model_cfg, "train": cfg, "data": data_info,
                       "cache": cache, "world_size": dist.world, "device": str(device),
                       "threads": torch.get_num_threads(), "tokens_per_step": tokens_per_step,
-                      "bf16": use_bf16(device, cfg),
+                      "bf16": bf16,
                       "start_step": step, "val_crops": len(pieces), "val_seq_len": val_len,
                       "train_segments": len(sampler.segs), "out": str(out)})
 
