@@ -182,7 +182,7 @@ def whole_splits(recipe: dict) -> bool:
 
 
 def machine() -> str:
-    from wavelm.commands.bench import machine as m
+    from wavelm.hardware import machine as m
 
     return m() + f", {platform.python_version()}"
 

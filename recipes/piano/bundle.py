@@ -33,8 +33,8 @@ sys.path[:0] = [str(REPO), str(REPO / "recipes")]
 import wavelm  # noqa: E402
 from bach_piano.bundle import relative_paths  # noqa: E402
 from wavelm.checkpoint import PRETRAINED_DIR  # noqa: E402
-from wavelm.commands.bench import machine  # noqa: E402
 from wavelm.files import atomic_write_text  # noqa: E402
+from wavelm.hardware import machine  # noqa: E402
 from wavelm.quality import piano_of  # noqa: E402
 
 COMMAND = ("wavelm train --data data/piano --config recipes/piano/train.toml --out runs/piano "

@@ -130,7 +130,7 @@ def _rate(model, batch, seconds, backend, device, warm=0.2, repeat=1):
 def run(args) -> int:
     import torch
 
-    from wavelm.commands.bench import machine
+    from wavelm.hardware import machine
 
     batches = _ints(args.batch, "--batch")
     if not args.seconds > 0 or min(args.naive_samples, args.threads, args.repeat) < 1:

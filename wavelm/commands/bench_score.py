@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from wavelm.cli import UserError, check_device
-from wavelm.commands.bench import cpu_name
+from wavelm.hardware import cpu_name
 
 
 def add_arguments(p):

@@ -14,7 +14,7 @@ import statistics
 import time
 
 from wavelm.cli import UserError
-from wavelm.commands.bench import machine
+from wavelm.hardware import machine
 
 
 def add_arguments(p):

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wavelm.audio import LN2
-from wavelm.commands.bench import machine
 from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, val_crops
 from wavelm.files import atomic_write_text
+from wavelm.hardware import machine
 from wavelm.model.config import ModelConfig
 from wavelm.model.lm import WaveLM, load_model
 
