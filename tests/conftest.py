@@ -18,8 +18,11 @@ MIXED = [("conv/conv/conformer", [2, 3], {}),
          ("cat/conformer_llm/conv", [2, 3], {}),
          ("conv/conv/conv/conformer", [2, 2, 2], {}),
          ("conv", [2, 3], {"conv_dilations": [1, 3, 9], "conv_kernel": 4, "n_layers": 3})]
+# the LPC path (wavelm/model/lpc.py) on a flat and a pooled stack: T = 61 crosses many blocks
+LPC = [("conformer", [], {"lpc_order": 4, "lpc_window": 16, "lpc_hop": 4}),
+       ("conv/conv/conformer", [2, 3], {"lpc_order": 3, "lpc_window": 12, "lpc_hop": 6})]
 # every uniform arch flat and pooled, then the mixed stacks
-CASES = [(a, p, {}) for a in ARCHS for p in ([], [2, 3])] + MIXED
+CASES = [(a, p, {}) for a in ARCHS for p in ([], [2, 3])] + MIXED + LPC
 CASE_IDS = [f"{a}-{'x'.join(map(str, p)) or 'flat'}{'-' + '-'.join(k) if k else ''}" for a, p, k in CASES]
 
 

@@ -54,6 +54,8 @@ def test_prefill_then_steps_match_full(arch, pool, kw):
 @pytest.mark.parametrize("arch, pool, kw", CASES, ids=CASE_IDS)
 def test_gradient_causality(arch, pool, kw):
     model = make(arch, pool, **kw)
+    if model.lpc is not None:            # the LPC path's head starts at zero (its prior alone)
+        torch.nn.init.normal_(model.head.weight, std=0.02)
     rf = model.receptive_field()
     n = rf + 40
     h = torch.randn(1, n, model.config.stage_dims[0], dtype=torch.float64, requires_grad=True)

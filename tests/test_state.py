@@ -123,6 +123,9 @@ def random_config(rng: random.Random) -> ModelConfig:
     kinds = [rng.choice(ARCHS) for _ in range(depth + 1)]
     kw = dict(conv_kernel=rng.choice([2, 3, 5]), cat_kernel=rng.choice([2, 3]), llm_conv=rng.choice(["small", "large"]),
               conv_dilations=rng.choice([None, [1, 2], [1, 3, 9]]), n_layers=rng.randint(1, 3))
+    if rng.random() < 0.5:                                         # the LPC path
+        order, hop = rng.randint(1, 6), rng.randint(1, 8)
+        kw.update(lpc_order=order, lpc_hop=hop, lpc_window=order + hop + rng.randint(0, 8))
     return tiny(kinds[0] if depth == 0 else "/".join(kinds), pool, **kw)
 
 

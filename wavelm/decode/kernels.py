@@ -35,6 +35,10 @@ ATTN = 9      # qkv, dst, H, D, W, k, v, pos, off, start, inv, scores   one quer
 POOL = 10     # src, dst, C, p, buf, held, r, jump, grp    dst = held[r]; buf[r] = src; r += 1;
               #                      jump unless the group is complete, else copy buf to grp
 STORE = 11    # dst, src, n                    F[dst:dst + B n] = M[src:src + B n]
+LPC = 12      # code, feat, prior, ring, head, coef, scale, mass, r, N, P, H, c   the LPC path (model/lpc.py):
+              #                      code (B, 1) and feat (B, 2) for the network, log-prior (B, V)
+EMBEDM = 13   # dst, w, C, V, codes            dst[b] = w[int(M[codes + b])]
+PRIOR = 14    # logits, prior, g, V            logits[b] += softplus(g[b]) * prior[b]
 NCOLS = 14
 
 
@@ -413,6 +417,154 @@ def _pool(M, F, I, B, src, dst, C, p, buf, held, r_idx, grp):
 
 
 @njit(**JIT)
+def _vlog(x, ex):
+    """x = log(x) in place for x > 0 (normal numbers), SIMD-friendly: x = m 2^e with m in
+    [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), as a series in s^2 (exact
+    to the last bit of float64: s^2 <= 0.0295). ex: the workspace of _vexp."""
+    cf, ei, ef = ex
+    n = x.shape[0]
+    shift = 23 if ei.itemsize == 4 else 52
+    bias = 127 if ei.itemsize == 4 else 1023
+    mant = (1 << shift) - 1
+    one = x.dtype.type(1)
+    ln2 = x.dtype.type(0.6931471805599453)
+    sqrt2 = x.dtype.type(1.4142135623730951)
+    for i in range(n):
+        ef[i] = x[i]
+    for i in range(n):
+        bits = ei[i]
+        x[i] = (bits >> shift) - bias                      # the exponent, kept in x meanwhile
+        ei[i] = (bits & mant) | (bias << shift)            # the mantissa, in [1, 2)
+    for i in range(n):
+        m = ef[i]
+        e = x[i]
+        if m > sqrt2:
+            m = m * x.dtype.type(0.5)
+            e += one
+        s = (m - one) / (m + one)
+        s2 = s * s
+        p = x.dtype.type(1 / 23)
+        for j in range(21, 0, -2):
+            p = p * s2 + x.dtype.type(1 / j)
+        x[i] = e * ln2 + 2 * s * p
+
+
+@njit(**JIT)
+def _levinson(r, a, tmp, P):
+    """Predictor a (P,) from autocorrelations r (P + 1,): model.lpc.levinson, op for op."""
+    err = r[0] * (1 + 1e-9) + 1e-30
+    for i in range(P):
+        a[i] = 0.0
+    for i in range(P):
+        acc = 0.0
+        for m in range(i):
+            acc += a[m] * r[i - m]
+        k = (r[i + 1] - acc) / err
+        for m in range(i):
+            tmp[m] = a[m]
+        for m in range(i):
+            a[m] = tmp[m] - k * tmp[i - 1 - m]
+        a[i] = k
+        err = err * (1 - k * k)
+
+
+@njit(**JIT)
+def _lpc(M, F, I, C64, B, tok, code, feat, prior, ring, head, coef, scale, mass, r_idx, N, P, H, c, ex):
+    """One step of model.lpc.LPC for every stream, then its features and log-prior
+    (model.lpc.features, log_prior). Float64 inside; coefficients and scales are rounded to the
+    state's dtype where they are stored, as the torch forward does. C64[c:] holds the code
+    values (256), the code bounds (255), the code widths (256), the window (N), then FLOOR, MULT, MIN_SCALE, log1p(255)
+    and LOG_SCALE_NORM."""
+    V = 256
+    vals, bounds, widths = C64[c:c + V], C64[c + V:c + 2 * V - 1], C64[c + 2 * V - 1:c + 3 * V - 1]
+    win = C64[c + 3 * V - 1:c + 3 * V - 1 + N]
+    k0 = c + 3 * V - 1 + N
+    floor, mult, min_scale, l1p, norm = C64[k0], C64[k0 + 1], C64[k0 + 2], C64[k0 + 3], C64[k0 + 4]
+    dt = M.dtype.type
+    h = I[head]
+    r = I[r_idx]
+    R = F[ring:ring + B * N].reshape(B, N)
+    A = F[coef:coef + B * P].reshape(B, P)
+    S = F[scale:scale + B]
+    W = F[mass:mass + B * V].reshape(B, V)
+    x = np.empty(N)
+    ac = np.empty(P + 1)
+    a = np.empty(P)
+    tmp = np.empty(P)
+    for b in range(B):
+        R[b, h] = vals[tok[b]]                     # the oldest slot takes the newest input
+        newest = h
+        if r == 0:                                 # a block starts: residual scale, then refit
+            tot = 0.0
+            for j in range(H):                     # inputs newest - H + 1 .. newest, in time order
+                t = (newest - H + 1 + j) % N
+                e = 0.0
+                for p in range(P):
+                    e += R[b, (t - 1 - p) % N] * A[b, p]
+                tot += abs(R[b, t] - e)
+            S[b] = max(mult * (tot / H), min_scale)
+            for j in range(V):                     # code_mass: -expm1(-width / scale)
+                W[b, j] = -math.expm1(-(widths[j] / float(S[b])))
+            for i in range(N):                     # the window, oldest first
+                x[i] = R[b, (newest + 1 + i) % N] * win[i]
+            for k in range(P + 1):
+                acc = 0.0
+                for i in range(N - k):
+                    acc += x[i] * x[i + k]
+                ac[k] = acc
+            _levinson(ac, a, tmp, P)
+            for p in range(P):
+                A[b, p] = a[p]
+        pred = 0.0
+        for p in range(P):
+            pred += R[b, (newest - p) % N] * A[b, p]
+        sc = float(S[b])
+        lo, hi = 0, V - 1                          # code: the number of bounds <= pred
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bounds[mid] <= pred:
+                lo = mid + 1
+            else:
+                hi = mid
+        M[code + b] = lo
+        pc = min(max(pred, -1.0), 1.0)
+        y = math.log1p(255.0 * abs(pc)) / l1p
+        M[feat + 2 * b] = -y if pc < 0 else y
+        M[feat + 2 * b + 1] = math.log(sc) / norm
+        # the log-prior: tails beyond each bound (exp in place), then each code's mass
+        pr = M[prior + b * V:prior + (b + 1) * V]
+        for j in range(V - 1):
+            pr[j] = -abs(dt((bounds[j] - pred) / sc))      # z in float64, as log_prior
+        _vexp(pr[:V - 1], ex)
+        w = W[b]
+        one = dt(1)
+        hi = lo = nxt = one                        # sigmoid(-z_lo) of code 0 (its bound is -inf)
+        for j in range(V):
+            if j < V - 1:
+                e = pr[j]
+                z = dt((bounds[j] - pred) / sc)
+                hi = (e if z <= 0 else one) / (one + e)          # sigmoid(z): below the bound
+                nxt = (e if z >= 0 else one) / (one + e)         # sigmoid(-z): above it
+            else:
+                hi = one
+            pr[j] = dt(1 - floor) * (hi * lo * w[j]) + dt(floor / V)
+            lo = nxt
+        _vlog(pr, ex)
+    I[head] = (h + 1) % N
+    I[r_idx] = (r + 1) % H
+
+
+@njit(**JIT)
+def _prior(M, B, logits, prior, g, V):
+    for b in range(B):
+        v = float(M[g + b])
+        w = M.dtype.type(v if v > 20.0 else math.log1p(math.exp(v)))   # F.softplus, threshold 20
+        lg, pr = M[logits + b * V:logits + (b + 1) * V], M[prior + b * V:prior + (b + 1) * V]
+        for j in range(V):
+            lg[j] += w * pr[j]
+
+
+@njit(**JIT)
 def _sort_desc(x):
     """Shell sort, descending, in place (small code: np.sort costs seconds of JIT time)."""
     n = x.shape[0]
@@ -526,6 +678,15 @@ def decode(prog, P, M, F, I, C64, ex, tok, uniform, temperature, top_k, top_p, l
                 _copy(F[a[1]:a[1] + B * a[3]], M[a[2]:a[2] + B * a[3]])
             elif op == EMBED:
                 _embed(P, M, tok, a[1], a[2], a[3], a[4])
+            elif op == LPC:
+                _lpc(M, F, I, C64, B, tok, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+                     a[12], a[13], ex)
+            elif op == EMBEDM:
+                E = P[a[2]:a[2] + a[3] * a[4]].reshape(a[4], a[3])
+                for b in range(B):
+                    _copy(M[a[1] + b * a[3]:a[1] + (b + 1) * a[3]], E[int(M[a[5] + b])])
+            elif op == PRIOR:
+                _prior(M, B, a[1], a[2], a[3], a[4])
             pc += 1
         for b in range(B):
             _copy(x, M[logits + b * V:logits + (b + 1) * V])

@@ -152,8 +152,12 @@ class Builder:
             b = None if b is None else b[rows]
         self.emit(K.LINEAR, src, dst, w.shape[1], w.shape[0], self.param(w), -1 if b is None else self.param(b))
 
-    def embed(self, emb: nn.Embedding, dst):
-        self.emit(K.EMBED, dst, self.param(emb.weight), emb.embedding_dim, emb.num_embeddings)
+    def embed(self, emb: nn.Embedding, dst, codes=None):
+        """dst = the rows of the input tokens, or of the codes held (as floats) in M[codes] (B, 1)."""
+        if codes is None:
+            self.emit(K.EMBED, dst, self.param(emb.weight), emb.embedding_dim, emb.num_embeddings)
+        else:
+            self.emit(K.EMBEDM, dst, self.param(emb.weight), emb.embedding_dim, emb.num_embeddings, codes)
 
     # -- elementwise -------------------------------------------------------------------------
     def silu(self, x, n):
@@ -198,6 +202,21 @@ class Builder:
 
     def land(self, label: int):
         self.ops[label][8] = len(self.ops)
+
+    def lpc(self, lpc, state, code, feat, prior):
+        """The LPC path's step (model/lpc.py) on the input tokens: code (B, 1), feat (B, 2) and
+        the log-prior (B, V) in M; state: LPCState."""
+        from wavelm.model import lpc as L
+
+        c = self.const(np.concatenate([L.code_values(), L.code_bounds(), L.code_widths(), L.hann(lpc.window),
+                                       [L.FLOOR, L.MULT, L.MIN_SCALE, np.log1p(L.MU), L.LOG_SCALE_NORM]]))
+        self.exp_max = max(self.exp_max, L.V)
+        self.emit(K.LPC, code, feat, prior, self.at(state.ring), self.at(state.head), self.at(state.coef),
+                  self.at(state.scale), self.at(state.mass), self.at(state.r), lpc.window, lpc.order, lpc.hop, c)
+
+    def add_prior(self, logits, prior, g, V):
+        """logits += softplus(g) * prior, per stream; g (B, 1)."""
+        self.emit(K.PRIOR, logits, prior, g, V)
 
     def store(self, leaf: torch.Tensor, src, n):
         """State leaf (B, n) = M[src] (B, n)."""

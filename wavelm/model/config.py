@@ -20,7 +20,7 @@ ARCHS = ("transformer", "conformer_llm", "conformer", "cat", "conv")
 # checked field by field, so a bad one fails with the field's name before anything is allocated
 INTS = {"d_model": (1, 8192), "n_layers": (1, 256), "n_heads": (1, 256), "attn_window": (1, 1 << 17),
         "conv_kernel": (1, 1024), "cat_kernel": (1, 1024), "expand": (1, 16), "vocab_size": (2, 1 << 16),
-        "sample_rate": (1000, 384000)}
+        "sample_rate": (1000, 384000), "lpc_order": (0, 256), "lpc_window": (2, 1 << 16), "lpc_hop": (1, 1 << 14)}
 FLOATS = {"ffn_mult": (1e-3, 64.0), "dropout": (0.0, 0.99), "rope_base": (1.0, 1e12)}
 INT_LISTS = {"pool": (2, 1024), "stage_layers": (0, 256), "stage_dims": (1, 8192),
              "stage_windows": (1, 1 << 17), "conv_dilations": (1, 1 << 17)}
@@ -61,6 +61,12 @@ class ModelConfig:
     codec: str = "mulaw"
     dropout: float = 0.0
     rope_base: float = 10000.0
+    # the LPC path (docs/design.md): a backward-adaptive linear predictor of order `lpc_order`
+    # (0 = off), refitted every `lpc_hop` samples on the last `lpc_window`, feeds the 16 kHz
+    # stage its prediction and adds its distribution over the codes to the logits, gated
+    lpc_order: int = 0
+    lpc_window: int = 1024
+    lpc_hop: int = 64
 
     def __post_init__(self):
         for name, (lo, hi) in INTS.items():
@@ -114,6 +120,11 @@ class ModelConfig:
             setattr(self, name, v)
         if any(d % self.head_dim for d in self.stage_dims):
             raise ValueError(f"stage widths {self.stage_dims} must be multiples of head_dim={self.head_dim}")
+        if self.lpc_order and self.lpc_window < self.lpc_hop + self.lpc_order:
+            raise ValueError(f"lpc_window ({self.lpc_window}) must be >= lpc_hop + lpc_order "
+                             f"({self.lpc_hop} + {self.lpc_order})")
+        if self.lpc_order and (self.vocab_size != 256 or self.codec != "mulaw"):
+            raise ValueError("the LPC path needs the 256-code mu-law codec")
         if self.stage_layers[-1] < 1 or min(self.stage_windows) < 1:
             raise ValueError("the innermost stage needs >= 1 layer and windows must be >= 1")
 

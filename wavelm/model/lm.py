@@ -8,20 +8,28 @@
 Structure: embedding -> Stage 0 -> norm -> linear head. A stage is a stack of blocks of the
 chosen arch; with pooling, the stage's blocks are split around a residual path
 x + Up(Stage_inner(Down(x))) that runs at 1/p of the rate (SaShiMi-style multi-rate U-Net).
+With the LPC path (`lpc_order` > 0, wavelm/model/lpc.py), Stage 0 also gets the adaptive
+predictor's prediction (its code embedded, its companded value and log residual scale
+projected), and the predictor's log-distribution over the codes is added to the logits with a
+learnt per-step weight softplus(gate(x)); the head starts at zero and the weight at 1, so an
+untrained model scores exactly what the LPC scores.
 
 # B batch, T time (steps of this stage), C channels, p pooling factor, g complete groups
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from wavelm.checkpoint import Pretrained
 
 from .blocks import make_blocks
 from .config import ModelConfig
+from .lpc import LPC, features, log_prior
 from .state import Alloc, PoolState, StackState, State
 
 
@@ -140,7 +148,17 @@ class WaveLM(Pretrained, nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.stage_dims[0])
         self.body = Stage(cfg, 0)
         self.head = nn.Linear(cfg.stage_dims[0], cfg.vocab_size)
+        self.lpc = LPC(cfg.lpc_order, cfg.lpc_window, cfg.lpc_hop) if cfg.lpc_order else None
+        if self.lpc is not None:
+            C = cfg.stage_dims[0]
+            self.lpc_embed = nn.Embedding(cfg.vocab_size, C)   # the prediction's mu-law code
+            self.lpc_in = nn.Linear(2, C)                      # [companded prediction, log scale]
+            self.lpc_gate = nn.Linear(C, 1)                    # weight of the log-prior: softplus(.)
         self.apply(self._init)
+        if self.lpc is not None:                               # at init: the LPC's distribution
+            for p in (self.head.weight, self.head.bias, self.lpc_gate.weight):
+                nn.init.zeros_(p)
+            nn.init.constant_(self.lpc_gate.bias, math.log(math.e - 1))      # softplus = 1
 
     @staticmethod
     def _init(m):
@@ -156,7 +174,8 @@ class WaveLM(Pretrained, nn.Module):
         """A zero state ("nothing seen yet") for `batch_size` streams."""
         p = self.head.weight
         alloc = Alloc(batch_size, device or p.device, dtype or p.dtype)
-        return alloc.finish(self.body.init_state(alloc))
+        stack = self.body.init_state(alloc)
+        return alloc.finish(stack, self.lpc.init_state(alloc) if self.lpc is not None else None)
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> torch.Tensor:
         """tokens (B, T) int64 in [0, 256) -> logits (B, T, 256) predicting the next sample."""
@@ -164,26 +183,50 @@ class WaveLM(Pretrained, nn.Module):
             raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
         if state is not None and state.batch_size != tokens.shape[0]:
             raise ValueError(f"state is for batch {state.batch_size}, tokens have batch {tokens.shape[0]}")
-        return self.forward_embedded(self.embed(tokens), state)
+        h, prior = self.embed(tokens), None
+        if self.lpc is not None:
+            dtype = self.head.weight.dtype
+            with torch.autocast(tokens.device.type, enabled=False):     # float64 inside, then dtype
+                pred, scale = self.lpc(tokens, None if state is None else state.lpc, dtype=dtype)
+                code, feats = features(pred, scale, dtype)
+                prior = log_prior(pred, scale, dtype)                      # (B, T, 256)
+            h = h + self.lpc_embed(code) + self.lpc_in(feats)
+        return self.forward_embedded(h, state, prior)
 
-    def forward_embedded(self, h: torch.Tensor, state: State | None = None) -> torch.Tensor:
-        """The model after the embedding: (B, T, C) -> logits (B, T, 256)."""
-        return self.head(self.body(h, None if state is None else state.stack))
+    def forward_embedded(self, h: torch.Tensor, state: State | None = None, prior=None) -> torch.Tensor:
+        """The model after the embedding: (B, T, C) -> logits (B, T, 256); `prior` (B, T, 256):
+        the LPC's log-distribution, added with its learnt weight."""
+        x = self.body(h, None if state is None else state.stack)
+        logits = self.head(x)
+        if prior is not None:
+            logits = logits + F.softplus(self.lpc_gate(x)) * prior
+        return logits
 
     def lower(self, b, state: State) -> int:
         """Emit the fast decode step into builder `b` (wavelm/decode/lower.py); returns the
         scratch offset of the (B, V) logits."""
-        C = self.config.stage_dims[0]
+        C, V = self.config.stage_dims[0], self.head.out_features
         x = b.tmp(C)
         b.embed(self.embed, x)
+        if self.lpc is not None:
+            prior, code, feats, t = b.tmp(V), b.tmp(1), b.tmp(2), b.tmp(C)
+            b.lpc(self.lpc, state.lpc, code, feats, prior)
+            b.embed(self.lpc_embed, t, codes=code)
+            b.axpy(x, t, C)
+            b.linear(self.lpc_in, feats, t)
+            b.axpy(x, t, C)
         b.lower(self.body, state.stack, x, C)
-        logits = b.tmp(self.head.out_features)
+        logits = b.tmp(V)
         b.linear(self.head, x, logits)
+        if self.lpc is not None:
+            g = b.tmp(1)
+            b.linear(self.lpc_gate, x, g)
+            b.add_prior(logits, prior, g, V)
         return logits
 
     def receptive_field(self) -> int:
         """An upper bound on how many past steps an output can depend on, plus one."""
-        return self.body.lookback() + 1
+        return self.body.lookback() + (self.lpc.lookback() if self.lpc is not None else 0) + 1
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

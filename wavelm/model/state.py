@@ -51,6 +51,16 @@ class PoolState:
 
 
 @dataclass
+class LPCState:
+    ring: torch.Tensor               # (B, N) the last N input values (mu-law decoded), oldest at `head`
+    head: torch.Tensor               # (1,) clock: slot of the oldest value
+    coef: torch.Tensor               # (B, P) predictor of the current block
+    scale: torch.Tensor              # (B, 1) logistic scale of the current block
+    mass: torch.Tensor               # (B, 256) lpc.code_mass(scale): the decoder's per-block cache
+    r: torch.Tensor                  # (1,) clock: steps into the current block (0: the next one starts it)
+
+
+@dataclass
 class StackState:
     blocks: list = field(default_factory=list)   # one dict {name: state} per block
     pool: PoolState | None = None
@@ -80,7 +90,7 @@ class Alloc:
     def clock(self, *shape):
         return self._leaf("clock", shape, 0)
 
-    def finish(self, stack) -> "State":
+    def finish(self, stack, lpc: "LPCState | None" = None) -> "State":
         n_int = self.size["ints"]
         floats = torch.zeros(self.size["floats"], device=self.device, dtype=self.dtype)
         on_cpu = self.device.type == "cpu"
@@ -95,7 +105,7 @@ class Alloc:
                 view.fill_(fill)
             return view
 
-        return State(_map(stack, place), self.B, floats, ints, clock)
+        return State(_map(stack, place), self.B, floats, ints, clock, _map(lpc, place))
 
 
 @dataclass
@@ -107,6 +117,7 @@ class State:
     floats: torch.Tensor
     ints: torch.Tensor
     clock: torch.Tensor
+    lpc: LPCState | None = None      # the LPC path's state (config.lpc_order > 0)
 
     def clone(self) -> "State":
         """An independent copy with the same layout."""
@@ -124,7 +135,7 @@ class State:
                     return new[off:off + t.numel()].view(t.shape)
             raise AssertionError("state leaf outside the state's tensors")
 
-        return State(_map(self.stack, move), self.batch_size, floats, ints, clock)
+        return State(_map(self.stack, move), self.batch_size, floats, ints, clock, _map(self.lpc, move))
 
     def nbytes(self) -> int:
         """Bytes held: constant in the number of samples generated (the shapes never change)."""
@@ -142,11 +153,14 @@ class State:
         idx = idx.nonzero().flatten() if idx.dtype == torch.bool else idx.flatten().long()
         if idx.numel() and (idx.min() < 0 or idx.max() >= self.batch_size):
             raise ValueError(f"streams must be in 0..{self.batch_size - 1}, got {idx.tolist()}")
-        nodes = list(_nodes(self.stack))
+        nodes = list(_nodes((self.stack, self.lpc)))
         into = [int(n.r) for n in nodes if isinstance(n, PoolState) and int(n.r)]
         if into:
             raise ValueError(f"a stream can be reset only at a pool group boundary; this state is {into[0]} "
                              "samples into a group (reset every config.hop[-1] samples)")
+        if self.lpc is not None and int(self.lpc.r):
+            raise ValueError(f"a stream can be reset only at an LPC block boundary; this state is {int(self.lpc.r)} "
+                             "samples into a block (reset every config.lpc_hop samples)")
         idx = idx.to(self.floats.device)
         for n in nodes:
             if isinstance(n, ConvState):
@@ -157,6 +171,11 @@ class State:
                 n.start[idx] = n.offset
             elif isinstance(n, PoolState):
                 n.held[idx] = 0
+            elif isinstance(n, LPCState):
+                n.ring[idx] = 0
+                n.coef[idx] = 0
+                n.scale[idx] = 0
+                n.mass[idx] = 0
 
 
 def zero_state(module, batch_size: int, device, dtype):
