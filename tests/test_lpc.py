@@ -201,3 +201,46 @@ def test_checkpoints_without_the_path_load_unchanged(tmp_path):
 def test_config_refuses_a_window_shorter_than_hop_plus_order():
     with pytest.raises(ValueError, match="lpc_window"):
         tiny("conformer", lpc_order=8, lpc_window=16, lpc_hop=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_numba_lpc_kernel_matches_the_torch_path(dtype):
+    """Training and scoring on CPU compute the path with the decoder's numba step
+    (decode.fast.use_lpc_kernel): the same logits as the torch module, full and chunked."""
+    from wavelm.decode.fast import use_lpc_kernel
+
+    model = make("conv/conv/conformer", [2, 3], dtype=dtype, **POOLED)
+    x = torch.cat([tone(150), tokens(1, 150)])
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    with torch.no_grad():
+        ref = model(x)
+        assert use_lpc_kernel(model)
+        try:
+            full = model(x)
+            state = model.init_state(2)
+            chunks = torch.cat([model(x[:, t:t + 37], state=state) for t in range(0, 148, 37)], 1)
+            model.lpc.kernel = None                            # and the torch path continues its state
+            rest = model(x[:, 148:], state=state)
+        finally:
+            model.lpc.kernel = None
+    torch.testing.assert_close(full, ref, rtol=0, atol=tol)
+    torch.testing.assert_close(torch.cat([chunks, rest], 1), ref, rtol=0, atol=tol)
+
+
+def test_training_step_with_the_kernel_has_gradients():
+    """The path's inputs and prior are constants: gradients reach every weight, the same ones
+    through the numba path as through the torch one."""
+    from wavelm.decode.fast import use_lpc_kernel
+
+    grads = []
+    for kernel in (False, True):
+        model = make(dtype=torch.float32).train()
+        if kernel:
+            use_lpc_kernel(model)
+        x = tone(100)
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1])[0], x[0, 1:])
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert all(g.abs().sum() > 0 for g in grads[0].values())
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-5)

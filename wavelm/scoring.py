@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from wavelm.audio import LN2, ZERO, AudioError, audio_info, iter_audio, mulaw_encode
 from wavelm.data.folder import TokenCache
 from wavelm.data.youtubemix import CHUNK, YouTubeMix
+from wavelm.decode.fast import use_lpc_kernel
 from wavelm.model.lm import inference
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class _Stream:
     def __init__(self, model, keep_per_sample: bool):
         p = next(model.parameters())
         self.model, self.device = model, p.device
+        if p.device.type == "cpu":
+            use_lpc_kernel(model)            # the LPC path (if any) through numba: same numbers, faster
         self.state = model.init_state(1)
         self.total_bits = 0.0        # float64 accumulator: exact enough for billions of samples
         self.n = 0

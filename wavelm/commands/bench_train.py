@@ -2,6 +2,7 @@
 
     wavelm bench train                                   # every preset but tiny, on CPU
     wavelm bench train --presets base,base-flat --device cuda --batch-size 16 --seq-len 16384
+    wavelm bench train --presets piano --lpc 64,2048,64     # each preset without and with the LPC path
 
 Each preset runs the trainer's own step (AdamW, grad clipping, bf16 autocast where it pays: on
 CUDA and on CPUs with native bf16; `--no-amp` for float32) on random tokens; tokens/s is
@@ -31,20 +32,36 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; see docs/design.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile each model first")
     p.add_argument("--no-amp", action="store_true", help="float32 steps (no bf16 autocast)")
+    p.add_argument("--lpc", metavar="ORDER,WINDOW,HOP", type=lpc_fields,
+                   help="also each preset with the LPC path (lpc_order, lpc_window, lpc_hop), e.g. 64,2048,64")
 
 
-def bench_preset(name, args, device) -> dict:
+def lpc_fields(text: str) -> dict:
+    """'64,2048,64' -> the ModelConfig fields of the LPC path (bench train and bench generate)."""
+    import argparse
+
+    try:
+        order, window, hop = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ORDER,WINDOW,HOP such as 64,2048,64, got {text!r}") from None
+    return {"lpc_order": order, "lpc_window": window, "lpc_hop": hop}
+
+
+def bench_preset(name, args, device, lpc=None) -> dict:
     import torch
 
+    from wavelm.decode.fast import use_lpc_kernel
     from wavelm.model.config import ModelConfig
     from wavelm.model.lm import WaveLM
     from wavelm.train import TrainConfig, forward_backward, make_optimizer
 
     cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps + args.warmup_steps,
                       amp=not args.no_amp)
-    mcfg = ModelConfig.from_name(name, **({"arch": args.arch} if args.arch else {}))
+    mcfg = ModelConfig.from_name(name, **({"arch": args.arch} if args.arch else {}), **(lpc or {}))
     torch.manual_seed(0)
     net = WaveLM(mcfg).to(device)
+    if device.type == "cpu":
+        use_lpc_kernel(net)                  # as the trainer does
     model = torch.compile(net) if args.compile else net
     opt, sched = make_optimizer(net, cfg, device)
     g = torch.Generator().manual_seed(0)
@@ -67,7 +84,7 @@ def bench_preset(name, args, device) -> dict:
     med = statistics.median(times)
     # the first step of a compiled model traces and compiles forward and backward
     compile_s = first - med if args.compile and first is not None else None
-    return {"preset": name, "arch": mcfg.arch_name, "params": net.num_parameters(), "ms": med * 1e3,
+    return {"preset": name + ("+lpc" if lpc else ""), "arch": mcfg.arch_name, "params": net.num_parameters(), "ms": med * 1e3,
             "tok_s": cfg.batch_size * cfg.seq_len / med, "compile_s": compile_s}
 
 
@@ -93,8 +110,12 @@ def run(args) -> int:
     extra = f" {'compile s':>10}" if args.compile else ""
     print(f"{'preset':<14} {'arch':<14} {'params':>8} {'ms/step':>9} {'tokens/s':>10}{extra}")
     for p in presets:
-        r = bench_preset(p, args, device)
-        extra = f" {r['compile_s']:>10.1f}" if r["compile_s"] is not None else ""
-        print(f"{r['preset']:<14} {r['arch']:<14} {r['params'] / 1e6:>7.2f}M {r['ms']:>9.1f} "
-              f"{r['tok_s']:>10,.0f}{extra}", flush=True)
+        for lpc in (None, args.lpc) if args.lpc else (None,):
+            try:
+                r = bench_preset(p, args, device, lpc)
+            except ValueError as e:
+                raise UserError(f"--presets {p}: {e}") from None
+            extra = f" {r['compile_s']:>10.1f}" if r["compile_s"] is not None else ""
+            print(f"{r['preset']:<14} {r['arch']:<14} {r['params'] / 1e6:>7.2f}M {r['ms']:>9.1f} "
+                  f"{r['tok_s']:>10,.0f}{extra}", flush=True)
     return 0

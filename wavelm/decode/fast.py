@@ -76,3 +76,54 @@ class FastDecoder:
 
     def state_nbytes(self) -> int:
         return self.state.nbytes()
+
+
+def lpc_kernel(lpc, tokens: torch.Tensor, state, dtype):
+    """The LPC path of WaveLM.forward on CPU through the numba step (kernels.lpc_run), the same
+    numbers as the torch module (tests/test_lpc.py): (codes (B, T) int64, features (B, T, 2),
+    log-prior (B, T, 256)) in `dtype`; `state` (an LPCState) is advanced in place."""
+    from wavelm.model import lpc as L
+
+    from . import kernels
+
+    npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    B, T = tokens.shape
+    N, P, H = lpc.window, lpc.order, lpc.hop
+    if state is None:
+        R, A, S = np.zeros((B, N), npdt), np.zeros((B, P), npdt), np.zeros(B, npdt)
+        W, hr = np.zeros((B, L.V), npdt), np.zeros(2, np.int64)
+    else:
+        if state.ring.dtype != dtype:
+            raise ValueError(f"LPC state is {state.ring.dtype}, the model {dtype}")
+        R, A, S, W = (t.detach().numpy() for t in (state.ring, state.coef, state.scale.view(B), state.mass))
+        hr = np.array([int(state.head), int(state.r)], np.int64)
+    codes, feats, prior = np.empty((B, T), npdt), np.empty((B, T, 2), npdt), np.empty((B, T, L.V), npdt)
+    kernels.lpc_run(np.ascontiguousarray(tokens.numpy(), np.int64), R, A, S, W, hr, _lpc_constants(N), 0, N, P, H,
+                    codes, feats, prior, kernels.exp_workspace(npdt, L.V))
+    if state is not None:
+        state.head.fill_(int(hr[0]))
+        state.r.fill_(int(hr[1]))
+    return torch.from_numpy(codes).long(), torch.from_numpy(feats), torch.from_numpy(prior)
+
+
+_CONSTS: dict[int, np.ndarray] = {}
+
+
+def _lpc_constants(window: int) -> np.ndarray:
+    if window not in _CONSTS:
+        from wavelm.model import lpc as L
+
+        _CONSTS[window] = L.constants(window)
+    return _CONSTS[window]
+
+
+def use_lpc_kernel(model) -> bool:
+    """Compute a CPU model's LPC path with the numba step in its forward (training, scoring):
+    much faster than the torch ops (tests pin the two equal). True if the model has the path
+    and numba is here."""
+    lpc = getattr(model, "lpc", None)
+    if lpc is None or available() is not None:
+        return False
+    lpc.kernel = lpc_kernel
+    return True
+

@@ -35,8 +35,8 @@ ATTN = 9      # qkv, dst, H, D, W, k, v, pos, off, start, inv, scores   one quer
 POOL = 10     # src, dst, C, p, buf, held, r, jump, grp    dst = held[r]; buf[r] = src; r += 1;
               #                      jump unless the group is complete, else copy buf to grp
 STORE = 11    # dst, src, n                    F[dst:dst + B n] = M[src:src + B n]
-LPC = 12      # code, feat, prior, ring, head, coef, scale, mass, r, N, P, H, c   the LPC path (model/lpc.py):
-              #                      code (B, 1) and feat (B, 2) for the network, log-prior (B, V)
+LPC = 12      # out, ring, head, coef, scale, mass, r, N, P, H, c   the LPC path (model/lpc.py): at out,
+              #                      code (B, 1), feat (B, 2), log-prior (B, V), z scratch (B, V)
 EMBEDM = 13   # dst, w, C, V, codes            dst[b] = w[int(M[codes + b])]
 PRIOR = 14    # logits, prior, g, V            logits[b] += softplus(g[b]) * prior[b]
 NCOLS = 14
@@ -469,89 +469,122 @@ def _levinson(r, a, tmp, P):
 
 
 @njit(**JIT)
-def _lpc(M, F, I, C64, B, tok, code, feat, prior, ring, head, coef, scale, mass, r_idx, N, P, H, c, ex):
-    """One step of model.lpc.LPC for every stream, then its features and log-prior
-    (model.lpc.features, log_prior). Float64 inside; coefficients and scales are rounded to the
+def _lpc_refit(Rb, Ab, x, ac, a, tmp, newest, vals_w, P, H, N, mult, min_scale):
+    """A block starts (one stream): the residual scale of the previous block's predictions, then
+    Levinson on the windowed ring (new coefficients into Ab). Returns the scale."""
+    tot = 0.0
+    for j in range(H):                             # inputs newest - H + 1 .. newest, in time order
+        t = (newest - H + 1 + j) % N
+        e = 0.0
+        for p in range(P):
+            e += Rb[(t - 1 - p) % N] * Ab[p]
+        tot += abs(Rb[t] - e)
+    Sb = max(mult * (tot / H), min_scale)
+    for i in range(N):                             # the window, oldest first
+        x[i] = Rb[(newest + 1 + i) % N] * vals_w[i]
+    for k in range(P + 1):
+        acc = 0.0
+        for i in range(N - k):
+            acc += x[i] * x[i + k]
+        ac[k] = acc
+    _levinson(ac, a, tmp, P)
+    for p in range(P):
+        Ab[p] = a[p]
+    return Sb
+
+
+@njit(**JIT)
+def _lpc_step(R, A, S, W, b, tok, h, r, C64, c, N, P, H, codes, feat, pr, z, ex):
+    """One step of model.lpc.LPC for stream b (its ring slot h, r steps into the block), then
+    its features and log-prior (model.lpc.features, log_prior): codes[0], feat (2,), pr (V,);
+    z: scratch (V,). Float64 inside; coefficients, scales and code masses are rounded to the
     state's dtype where they are stored, as the torch forward does. C64[c:] holds the code
-    values (256), the code bounds (255), the code widths (256), the window (N), then FLOOR, MULT, MIN_SCALE, log1p(255)
-    and LOG_SCALE_NORM."""
+    values (V), bounds (V - 1), widths (V), the window (N), then FLOOR, MULT, MIN_SCALE,
+    log1p(255), LOG_SCALE_NORM and ZMAX."""
     V = 256
     vals, bounds, widths = C64[c:c + V], C64[c + V:c + 2 * V - 1], C64[c + 2 * V - 1:c + 3 * V - 1]
-    win = C64[c + 3 * V - 1:c + 3 * V - 1 + N]
     k0 = c + 3 * V - 1 + N
-    floor, mult, min_scale, l1p, norm = C64[k0], C64[k0 + 1], C64[k0 + 2], C64[k0 + 3], C64[k0 + 4]
-    dt = M.dtype.type
-    h = I[head]
-    r = I[r_idx]
+    floor, mult, min_scale, l1p, norm, zmax = C64[k0], C64[k0 + 1], C64[k0 + 2], C64[k0 + 3], C64[k0 + 4], C64[k0 + 5]
+    dt = pr.dtype.type
+    Rb, Ab = R[b], A[b]
+    Rb[h] = vals[tok]                              # the oldest slot takes the newest input
+    if r == 0:                                     # a block starts
+        S[b] = _lpc_refit(Rb, Ab, np.empty(N), np.empty(P + 1), np.empty(P), np.empty(P), h,
+                          C64[c + 3 * V - 1:c + 3 * V - 1 + N], P, H, N, mult, min_scale)
+        sb = float(S[b])
+        for j in range(V):                         # code_mass: -expm1(-width / scale)
+            W[b, j] = -math.expm1(-(widths[j] / sb))
+    pred = 0.0
+    for p in range(min(P, h + 1)):                 # newest first: slots h, h - 1, ... then wrap
+        pred += Rb[h - p] * Ab[p]
+    for p in range(h + 1, P):
+        pred += Rb[N + h - p] * Ab[p]
+    sc = float(S[b])
+    isc = 1.0 / sc
+    lo, hi = 0, V - 1                              # code: the number of bounds <= pred
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if bounds[mid] <= pred:
+            lo = mid + 1
+        else:
+            hi = mid
+    codes[0] = lo
+    pc = min(max(pred, -1.0), 1.0)
+    y = math.log1p(255.0 * abs(pc)) / l1p
+    feat[0] = -y if pc < 0 else y
+    feat[1] = math.log(sc) / norm
+    # the log-prior (log_prior): each code's mass is sigmoid(z_hi) sigmoid(-z_lo) mass[code]
+    w = W[b]
+    one, lo_fl, hi_fl = dt(1), dt(floor / V), dt(1 - floor)
+    for j in range(V - 1):
+        z[j] = dt(min(max((bounds[j] - pred) * isc, -zmax), zmax))   # float64, as log_prior
+        pr[j] = -abs(z[j])
+    _vexp(pr[:V - 1], ex)
+    for j in range(V - 1):                         # two independent loops, so both vectorise
+        e = pr[j]
+        inv = one / (one + e)
+        pr[j] = (e if z[j] <= 0 else one) * inv   # sigmoid(z): mass below bound j
+        z[j] = (e if z[j] >= 0 else one) * inv    # sigmoid(-z): mass above it
+    pr[V - 1] = one                                # code V-1: below +inf; code 0: above -inf
+    pr[0] = hi_fl * (pr[0] * one * w[0]) + lo_fl
+    for j in range(1, V):
+        pr[j] = hi_fl * (pr[j] * z[j - 1] * w[j]) + lo_fl
+    _vlog(pr, ex)
+
+
+@njit(**JIT)
+def _lpc(M, F, I, C64, B, tok, out, ring, head, coef, scale, mass, r_idx, N, P, H, c, ex):
+    """The LPC op: _lpc_step for every stream into M[out:]: codes (B, 1), features (B, 2),
+    log-prior (B, V), then z scratch (B, V); the state leaves are in F and I."""
+    V = 256
+    h, r = I[head], I[r_idx]
     R = F[ring:ring + B * N].reshape(B, N)
     A = F[coef:coef + B * P].reshape(B, P)
     S = F[scale:scale + B]
     W = F[mass:mass + B * V].reshape(B, V)
-    x = np.empty(N)
-    ac = np.empty(P + 1)
-    a = np.empty(P)
-    tmp = np.empty(P)
+    feat, prior, zs = out + B, out + 3 * B, out + 3 * B + B * V
     for b in range(B):
-        R[b, h] = vals[tok[b]]                     # the oldest slot takes the newest input
-        newest = h
-        if r == 0:                                 # a block starts: residual scale, then refit
-            tot = 0.0
-            for j in range(H):                     # inputs newest - H + 1 .. newest, in time order
-                t = (newest - H + 1 + j) % N
-                e = 0.0
-                for p in range(P):
-                    e += R[b, (t - 1 - p) % N] * A[b, p]
-                tot += abs(R[b, t] - e)
-            S[b] = max(mult * (tot / H), min_scale)
-            for j in range(V):                     # code_mass: -expm1(-width / scale)
-                W[b, j] = -math.expm1(-(widths[j] / float(S[b])))
-            for i in range(N):                     # the window, oldest first
-                x[i] = R[b, (newest + 1 + i) % N] * win[i]
-            for k in range(P + 1):
-                acc = 0.0
-                for i in range(N - k):
-                    acc += x[i] * x[i + k]
-                ac[k] = acc
-            _levinson(ac, a, tmp, P)
-            for p in range(P):
-                A[b, p] = a[p]
-        pred = 0.0
-        for p in range(P):
-            pred += R[b, (newest - p) % N] * A[b, p]
-        sc = float(S[b])
-        lo, hi = 0, V - 1                          # code: the number of bounds <= pred
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if bounds[mid] <= pred:
-                lo = mid + 1
-            else:
-                hi = mid
-        M[code + b] = lo
-        pc = min(max(pred, -1.0), 1.0)
-        y = math.log1p(255.0 * abs(pc)) / l1p
-        M[feat + 2 * b] = -y if pc < 0 else y
-        M[feat + 2 * b + 1] = math.log(sc) / norm
-        # the log-prior: tails beyond each bound (exp in place), then each code's mass
-        pr = M[prior + b * V:prior + (b + 1) * V]
-        for j in range(V - 1):
-            pr[j] = -abs(dt((bounds[j] - pred) / sc))      # z in float64, as log_prior
-        _vexp(pr[:V - 1], ex)
-        w = W[b]
-        one = dt(1)
-        hi = lo = nxt = one                        # sigmoid(-z_lo) of code 0 (its bound is -inf)
-        for j in range(V):
-            if j < V - 1:
-                e = pr[j]
-                z = dt((bounds[j] - pred) / sc)
-                hi = (e if z <= 0 else one) / (one + e)          # sigmoid(z): below the bound
-                nxt = (e if z >= 0 else one) / (one + e)         # sigmoid(-z): above it
-            else:
-                hi = one
-            pr[j] = dt(1 - floor) * (hi * lo * w[j]) + dt(floor / V)
-            lo = nxt
-        _vlog(pr, ex)
+        _lpc_step(R, A, S, W, b, tok[b], h, r, C64, c, N, P, H, M[out + b:out + b + 1],
+                  M[feat + 2 * b:feat + 2 * b + 2], M[prior + b * V:prior + (b + 1) * V],
+                  M[zs + b * V:zs + (b + 1) * V], ex)
     I[head] = (h + 1) % N
     I[r_idx] = (r + 1) % H
+
+
+@njit(**JIT)
+def lpc_run(tokens, R, A, S, W, hr, C64, c, N, P, H, codes, feats, prior, ex):
+    """The LPC path over a chunk of tokens (B, T) outside the decoder (training, scoring): the
+    same _lpc_step, into codes (B, T), feats (B, T, 2), prior (B, T, V); hr = [head, r]."""
+    B, T = tokens.shape
+    z = np.empty(prior.shape[2], prior.dtype)
+    h, r = hr[0], hr[1]
+    for t in range(T):
+        for b in range(B):
+            _lpc_step(R, A, S, W, b, tokens[b, t], h, r, C64, c, N, P, H, codes[b, t:t + 1], feats[b, t],
+                      prior[b, t], z, ex)
+        h = (h + 1) % N
+        r = (r + 1) % H
+    hr[0], hr[1] = h, r
 
 
 @njit(**JIT)
@@ -679,8 +712,7 @@ def decode(prog, P, M, F, I, C64, ex, tok, uniform, temperature, top_k, top_p, l
             elif op == EMBED:
                 _embed(P, M, tok, a[1], a[2], a[3], a[4])
             elif op == LPC:
-                _lpc(M, F, I, C64, B, tok, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
-                     a[12], a[13], ex)
+                _lpc(M, F, I, C64, B, tok, a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], ex)
             elif op == EMBEDM:
                 E = P[a[2]:a[2] + a[3] * a[4]].reshape(a[4], a[3])
                 for b in range(B):

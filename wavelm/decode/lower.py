@@ -203,16 +203,17 @@ class Builder:
     def land(self, label: int):
         self.ops[label][8] = len(self.ops)
 
-    def lpc(self, lpc, state, code, feat, prior):
-        """The LPC path's step (model/lpc.py) on the input tokens: code (B, 1), feat (B, 2) and
-        the log-prior (B, V) in M; state: LPCState."""
+    def lpc(self, lpc, state):
+        """The LPC path's step (model/lpc.py) on the input tokens; state: LPCState. Returns the
+        offsets of its codes (B, 1), features (B, 2) and log-prior (B, V) in M."""
         from wavelm.model import lpc as L
 
-        c = self.const(np.concatenate([L.code_values(), L.code_bounds(), L.code_widths(), L.hann(lpc.window),
-                                       [L.FLOOR, L.MULT, L.MIN_SCALE, np.log1p(L.MU), L.LOG_SCALE_NORM]]))
+        c = self.const(L.constants(lpc.window))
         self.exp_max = max(self.exp_max, L.V)
-        self.emit(K.LPC, code, feat, prior, self.at(state.ring), self.at(state.head), self.at(state.coef),
-                  self.at(state.scale), self.at(state.mass), self.at(state.r), lpc.window, lpc.order, lpc.hop, c)
+        out = self.tmp(3 + 2 * L.V)                  # codes, features, log-prior, z scratch
+        self.emit(K.LPC, out, self.at(state.ring), self.at(state.head), self.at(state.coef), self.at(state.scale),
+                  self.at(state.mass), self.at(state.r), lpc.window, lpc.order, lpc.hop, c)
+        return out, out + self.B, out + 3 * self.B
 
     def add_prior(self, logits, prior, g, V):
         """logits += softplus(g) * prior, per stream; g (B, 1)."""

@@ -185,11 +185,14 @@ class WaveLM(Pretrained, nn.Module):
             raise ValueError(f"state is for batch {state.batch_size}, tokens have batch {tokens.shape[0]}")
         h, prior = self.embed(tokens), None
         if self.lpc is not None:
-            dtype = self.head.weight.dtype
-            with torch.autocast(tokens.device.type, enabled=False):     # float64 inside, then dtype
-                pred, scale = self.lpc(tokens, None if state is None else state.lpc, dtype=dtype)
-                code, feats = features(pred, scale, dtype)
-                prior = log_prior(pred, scale, dtype)                      # (B, T, 256)
+            dtype, lpc_state = self.head.weight.dtype, None if state is None else state.lpc
+            if self.lpc.kernel is not None and tokens.device.type == "cpu":
+                code, feats, prior = self.lpc.kernel(self.lpc, tokens, lpc_state, dtype)
+            else:
+                with torch.autocast(tokens.device.type, enabled=False):     # float64 inside, then dtype
+                    pred, scale = self.lpc(tokens, lpc_state, dtype=dtype)
+                    code, feats = features(pred, scale, dtype)
+                    prior = log_prior(pred, scale, dtype)                      # (B, T, 256)
             h = h + self.lpc_embed(code) + self.lpc_in(feats)
         return self.forward_embedded(h, state, prior)
 
@@ -209,8 +212,8 @@ class WaveLM(Pretrained, nn.Module):
         x = b.tmp(C)
         b.embed(self.embed, x)
         if self.lpc is not None:
-            prior, code, feats, t = b.tmp(V), b.tmp(1), b.tmp(2), b.tmp(C)
-            b.lpc(self.lpc, state.lpc, code, feats, prior)
+            code, feats, prior = b.lpc(self.lpc, state.lpc)
+            t = b.tmp(C)
             b.embed(self.lpc_embed, t, codes=code)
             b.axpy(x, t, C)
             b.linear(self.lpc_in, feats, t)

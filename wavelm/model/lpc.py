@@ -38,6 +38,8 @@ MIN_SCALE = 1e-6        # scale floor (digital silence has zero residual)
 WNC = 1e-9              # white-noise correction of r[0]: keeps Levinson stable on pure tones
 TINY = 1e-30            # an all-zero window gives zero coefficients, not 0 / 0
 LOG_SCALE_NORM = 8.0    # the log-scale feature is log(scale) / 8 (about -1.7 .. 0)
+ZMAX = 50.0             # |z| is clipped here: tails below e^-50 change nothing next to the FLOOR,
+                        # and smaller ones would be float32 denormals (slow on CPUs)
 
 
 def _expand(y):
@@ -76,6 +78,13 @@ def hann(n: int) -> np.ndarray:
     return _frozen(np.sin(np.pi * np.arange(1, n + 1) / (n + 1)) ** 2)
 
 
+def constants(window: int) -> np.ndarray:
+    """What the numba step reads (wavelm/decode/kernels.py `_lpc_step`), float64: code values,
+    bounds, widths, the window, then FLOOR, MULT, MIN_SCALE, log1p(255), LOG_SCALE_NORM, ZMAX."""
+    return np.concatenate([code_values(), code_bounds(), code_widths(), hann(window),
+                           [FLOOR, MULT, MIN_SCALE, math.log1p(MU), LOG_SCALE_NORM, ZMAX]])
+
+
 def levinson(r: torch.Tensor, order: int) -> torch.Tensor:
     """Autocorrelations r (..., P + 1) -> predictor a (..., P), x[t] ~ sum_k a[k-1] x[t-k].
     The same operations in the same order as kernels._levinson."""
@@ -112,20 +121,22 @@ def log_prior(pred: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> t
     float32 keeps the digits of codes with tiny mass too."""
     b = torch.tensor(code_bounds(), device=pred.device)
     # z in float64, then dtype: in float32, b - pred loses the digits a small scale needs
-    z = ((b - pred[..., None]) / scale[..., None]).to(dtype)                 # (..., 255)
+    z = ((b - pred[..., None]) / scale[..., None]).clamp(-ZMAX, ZMAX).to(dtype)   # (..., 255)
     e = torch.exp(-z.abs())
+    inv = 1 / (1 + e)
     one = torch.ones_like(e[..., :1])
-    below = torch.where(z <= 0, e, 1) / (1 + e)      # sigmoid(z): mass below the bound
-    above = torch.where(z >= 0, e, 1) / (1 + e)      # sigmoid(-z): mass above it
+    below = torch.where(z <= 0, e, 1) * inv          # sigmoid(z): mass below the bound
+    above = torch.where(z >= 0, e, 1) * inv          # sigmoid(-z): mass above it
     p = torch.cat([below, one], -1) * torch.cat([one, above], -1) * code_mass(scale, dtype)
-    return torch.log((1 - FLOOR) * p + FLOOR / V)
+    return torch.log((1 - FLOOR) * p + FLOOR / V)     # (the products of 1 are exact)
 
 
 def log_prob(pred: torch.Tensor, scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """log P(target) under log_prior, in float64, without the other 255 codes (baselines)."""
     b = torch.tensor(code_bounds(), dtype=torch.float64, device=pred.device)
     bb = torch.cat([b.new_tensor([-math.inf]), b, b.new_tensor([math.inf])])
-    z_lo, z_hi = (bb[target] - pred) / scale, (bb[target + 1] - pred) / scale
+    z_lo = ((bb[target] - pred) / scale).clamp(-ZMAX, ZMAX)
+    z_hi = ((bb[target + 1] - pred) / scale).clamp(-ZMAX, ZMAX)
     width = torch.tensor(code_widths(), device=pred.device)[target]
     p = torch.sigmoid(z_hi) * torch.sigmoid(-z_lo) * -torch.expm1(-width / scale)
     return torch.log((1 - FLOOR) * p + FLOOR / V)
@@ -141,6 +152,24 @@ def features(pred: torch.Tensor, scale: torch.Tensor, dtype) -> tuple[torch.Tens
     return code, torch.stack([y, scale.log() / LOG_SCALE_NORM], -1).to(dtype)
 
 
+def adaptive_bits(q, order: int = 32, window: int = 1024, hop: int = 64, chunk: int = 1 << 16) -> np.ndarray:
+    """Bits of each sample of one stream of codes q (T,) under the adaptive LPC alone: the
+    classical baseline (no trained parameters), teacher-forced as a model is (input t is code
+    t - 1, the first input mu-law zero), in chunks through the streaming state, float64."""
+    from .state import Alloc
+
+    lpc = LPC(order, window, hop)
+    q = torch.as_tensor(np.asarray(q), dtype=torch.int64)
+    inputs = torch.cat([q.new_tensor([MU // 2 + 1]), q[:-1]])[None]     # 128 = mu-law zero
+    alloc = Alloc(1, "cpu", torch.float64)
+    state = alloc.finish(None, lpc.init_state(alloc)).lpc
+    out = []
+    for i in range(0, len(q), chunk):
+        pred, scale = lpc(inputs[:, i:i + chunk], state)
+        out.append(-log_prob(pred[0], scale[0], q[i:i + chunk]) / math.log(2))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
 class LPC(nn.Module):
     """The adaptive predictor as a streaming module: forward(tokens, state) -> (pred, scale),
     each (B, T) float64; pred[:, t] predicts the value of the sample after input t."""
@@ -150,6 +179,10 @@ class LPC(nn.Module):
         if window < hop + order:
             raise ValueError(f"lpc_window ({window}) must be >= lpc_hop + lpc_order ({hop + order})")
         self.order, self.window, self.hop = order, window, hop
+        # optional: tokens, state, dtype -> (codes, feats, log-prior) computed outside torch, the
+        # same numbers (wavelm.decode.fast.lpc_kernel, set by use_lpc_kernel for CPU training
+        # and scoring; tests/test_lpc.py pins it to this module's forward)
+        self.kernel = None
 
     def init_state(self, alloc) -> LPCState:
         B = alloc.B

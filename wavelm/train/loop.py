@@ -18,6 +18,7 @@ from tqdm import tqdm
 from wavelm.audio import LN2
 from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, val_crops
 from wavelm.files import atomic_write_text
+from wavelm.decode.fast import use_lpc_kernel
 from wavelm.hardware import machine
 from wavelm.model.config import ModelConfig
 from wavelm.model.lm import WaveLM, load_model
@@ -186,6 +187,8 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
     else:
         net = WaveLM(model_cfg)
     net.to(device)
+    if device.type == "cpu":
+        use_lpc_kernel(net)                  # the LPC path (if any) through numba: same numbers, faster
     opt, sched = make_optimizer(net, cfg, device)
     step, best, best_step = 0, None, None
     if state is not None:
