@@ -17,6 +17,7 @@ import torch
 from wavelm.cli import main
 
 SR = 16000
+NON_UTF8 = os.fsdecode(b"caf\xe9.wav")    # a Latin-1 file name, as Python sees it (surrogate escape)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,8 @@ def work(tmp_path_factory):
     nan = np.zeros(SR // 4, np.float32)
     nan[10] = np.nan
     sf.write(d / "nan.wav", nan, SR, subtype="FLOAT")
+    sf.write(d / "huge.wav", np.full(SR // 100, 3e299), SR, subtype="DOUBLE")   # finite, far beyond float32
+    (d / NON_UTF8).write_bytes((d / "tone.wav").read_bytes())
     (d / "garbage.wav").write_bytes(b"RIFF\x00\x00not audio at all" * 10)
     (d / "empty.wav").write_bytes(b"")
     (d / "afile").write_text("a file, not a folder\n")
@@ -60,12 +63,17 @@ def work(tmp_path_factory):
 
 
 CK = ["--checkpoint", "{d}/ck"]
+BQ = ["bench", "quality", *CK, "--data", "{d}/emptydir"]   # the data would fail: flags must fail first
 # (id, argv with {d} for the work folder, expected rc, fragment of stderr, files that must stay)
 ROWS = [
     # outputs
     ("gen-txt", ["generate", *CK, "--seconds", "0.01", "-o", "{d}/out.txt"], 2, "unsupported output extension .txt", []),
     ("gen-under-file", ["generate", *CK, "--seconds", "0.01", "-o", "{d}/afile/x.wav"], 2, "is not a folder", ["afile"]),
     ("gen-dir", ["generate", *CK, "--seconds", "0.01", "-o", "{d}/emptydir"], 2, "is a directory", []),
+    ("gen-dev-null", ["generate", *CK, "--seconds", "0.01", "-o", "/dev/null"], 2, "/dev/null: is a device", []),
+    ("gen-dev-full", ["generate", *CK, "--seconds", "0.01", "-o", "/dev/full"], 2, "/dev/full: is a device", []),
+    ("gen-name-too-long", ["generate", *CK, "--seconds", "0.01", "-o", "{d}/" + "n" * 252 + ".wav"], 2,
+     "file name of 256 bytes; this file system allows 255", []),
     ("score-plot-ext", ["score", *CK, "{d}/tone.wav", "--plot", "{d}/p.jpg"], 2, ".png", []),
     ("score-per-sample-ext", ["score", *CK, "{d}/tone.wav", "--per-sample", "{d}/p.txt"], 2, ".npy or .csv", []),
     ("score-plot-under-file", ["score", *CK, "{d}/tone.wav", "--plot", "{d}/afile/p.png"], 2, "is not a folder", []),
@@ -84,6 +92,7 @@ ROWS = [
     ("score-device-bogus", ["score", *CK, "{d}/tone.wav", "--device", "tpu9"], 2, "--device tpu9", []),
     # audio
     ("score-nan", ["score", *CK, "{d}/nan.wav"], 2, "NaN", []),
+    ("score-huge-float64", ["score", *CK, "{d}/huge.wav"], 2, "huge.wav: audio holds samples far outside [-1, 1] (up to 3e+299)", []),
     ("score-garbage", ["score", *CK, "{d}/garbage.wav"], 2, "garbage.wav", []),
     ("score-empty", ["score", *CK, "{d}/empty.wav"], 2, "empty.wav", []),
     ("score-missing", ["score", *CK, "{d}/none.wav"], 2, "no such file", []),
@@ -101,9 +110,23 @@ ROWS = [
     ("max-minutes-neg", ["train", "--data", "{d}/emptydir", "--out", "{d}/r2", "--max-minutes", "-1"], 2, "max_minutes must be >= 0", []),
     ("resume-corrupt-run", ["train", "--out", "{d}/run", "--resume"], 2, "run.json: unreadable run file", ["run/run.json"]),
     ("resume-nothing", ["train", "--out", "{d}/emptydir", "--resume"], 2, "nothing to resume", []),
+    ("input-noise-huge", ["train", "--data", "{d}/emptydir", "--out", "{d}/r2", "--input-noise", "1e300"], 2,
+     "input_noise must be from 0 to 64 mu-law steps", []),
+    ("input-noise-nan", ["train", "--data", "{d}/emptydir", "--out", "{d}/r2", "--input-noise", "nan"], 2,
+     "input_noise must be a finite float", []),
+    ("bq-temperature-zero", [*BQ, "--temperature", "0"], 2, "--temperature must be a finite number > 0", []),
+    ("bq-seconds-700", [*BQ, "--seconds", "700"], 2, "--seconds must be > 0 and <= 600", []),
+    ("bq-seconds-nan", [*BQ, "--seconds", "nan"], 2, "--seconds must be a finite number", []),
+    ("bq-top-p-nan", [*BQ, "--top-p", "nan"], 2, "--top-p must be a finite number", []),
+    ("bq-prompt-seconds-nan", [*BQ, "--prompt-seconds", "nan"], 2, "--prompt-seconds must be > 0", []),
+    ("bq-clips-zero", [*BQ, "--clips", "0"], 2, "--clips must be >= 1", []),
     # and what works
     ("gen-mp3", ["generate", *CK, "--seconds", "0.05", "-o", "{d}/take.mp3"], 0, "", []),
     ("gen-flac", ["generate", *CK, "--seconds", "0.05", "-o", "{d}/take.flac"], 0, "", []),
+    ("gen-long-name", ["generate", *CK, "--seconds", "0.01", "-o", "{d}/" + "l" * 251 + ".wav"], 0, "", []),  # 255 bytes
+    ("score-non-utf8-name", ["score", *CK, "{d}/" + NON_UTF8], 0, "", []),
+    ("prompt-non-utf8-name", ["generate", *CK, "--seconds", "0.01", "--prompt", "{d}/" + NON_UTF8,
+                              "-o", "{d}/cont.wav"], 0, "", []),
 ]
 
 
@@ -173,6 +196,146 @@ def test_unwritable_folder_fails_before_the_work(work, tmp_path, capsys, monkeyp
     monkeypatch.setattr(wavelm.generation, "stream", lambda *a, **k: pytest.fail("generated before checking"))
     assert main(["generate", "--checkpoint", str(work / "ck"), "--seconds", "1", "-o", str(tmp_path / "o.wav")]) == 2
     assert "Read-only file system" in capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("wavelm ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_full_disk_while_writing_audio_is_one_line(work, tmp_path, capfd, monkeypatch):
+    """soundfile writes to the temp path itself: a full disk (the temp name is made a link to
+    /dev/full) is one error line, not an AssertionError and callback tracebacks."""
+    import wavelm.files
+
+    full = tmp_path / ".full"
+    monkeypatch.setattr(wavelm.files, "temp_path", lambda p: full)
+    out = tmp_path / "o.wav"
+    for ext in (".wav", ".flac"):
+        full.symlink_to("/dev/full")
+        out = out.with_suffix(ext)
+        assert main(["generate", "--checkpoint", str(work / "ck"), "--seconds", "0.05", "-o", str(out)]) == 2
+        line = _one_error_line(capfd.readouterr().err)
+        assert line.startswith(f"wavelm generate: error: {out}: "), line
+        assert not list(tmp_path.iterdir())            # the temp name is gone, no output written
+
+
+def test_fifo_output_is_refused_and_a_symlink_is_written_through(work, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.wav")
+    ck = ["generate", "--checkpoint", str(work / "ck"), "--seconds", "0.01"]
+    assert main(ck + ["-o", str(tmp_path / "pipe.wav")]) == 2
+    assert "pipe.wav: is a FIFO" in _one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "pipe.wav").is_fifo()
+    (tmp_path / "take.wav").symlink_to("real.wav")    # dangling: the target is created
+    assert main(ck + ["-o", str(tmp_path / "take.wav")]) == 0
+    assert (tmp_path / "take.wav").is_symlink() and sf.info(str(tmp_path / "real.wav")).frames == 160
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.wav", "real.wav", "take.wav"]
+
+
+def test_prepare_keeps_a_file_whose_name_is_not_utf8(work, tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / NON_UTF8).write_bytes((work / "tone.wav").read_bytes())
+    (tmp_path / "d" / "tone.wav").write_bytes((work / "tone.wav").read_bytes())
+    assert main(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "c"), "--workers", "1"]) == 0
+    from wavelm.data.folder import TokenCache
+
+    cache = TokenCache(tmp_path / "c")
+    assert sorted(f["path"] for f in cache.files()) == [NON_UTF8, "tone.wav"]
+    assert cache.meta["skipped"] == [] and cache.num_samples() == 2 * (SR // 4)
+
+
+# ----------------------------------------------------------------------------- one writer
+
+@pytest.fixture(scope="module")
+def cache(work):
+    from wavelm.data.folder import prepare_folder
+
+    (work / "audio").mkdir()
+    (work / "audio" / "tone.wav").write_bytes((work / "tone.wav").read_bytes())
+    return prepare_folder(work / "audio", work / "cache", workers=1, progress=False)
+
+
+def test_second_train_on_a_locked_run_is_refused_naming_the_holder(cache, tmp_path, capsys):
+    from wavelm.files import hold_lock
+    from wavelm.train.rundir import LOCK_NAME
+
+    run = tmp_path / "run"
+    with hold_lock(run / LOCK_NAME, run):
+        assert main(["train", "--data", str(cache.path), "--out", str(run), "--steps", "1"]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"{run}: in use by another wavelm process (PID {os.getpid()}" in line, line
+        assert [p.name for p in run.iterdir()] == [LOCK_NAME]      # nothing written
+    assert not run.joinpath(LOCK_NAME).exists()                    # released and removed
+
+
+def test_prepare_into_a_cache_being_written_is_refused(work, tmp_path, capsys):
+    from wavelm.files import hold_lock
+
+    out = tmp_path / "c"
+    with hold_lock(tmp_path / ".c.lock", out):
+        assert main(["prepare", str(work / "audio"), "--out", str(out), "--workers", "1"]) == 2
+        assert f"in use by another wavelm process (PID {os.getpid()}" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
+    """Two processes: the holder's PID is named while it lives; SIGKILL frees the lock (the
+    kernel drops flocks), though the lock file stays behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from wavelm.files import BusyError, hold_lock
+
+    lock = tmp_path / "run" / ".wavelm.lock"
+    code = ("import sys; from pathlib import Path; from wavelm.files import hold_lock\n"
+            f"with hold_lock(Path({str(lock)!r}), 'run'):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"               # the child prints once it holds the lock
+        with pytest.raises(BusyError, match=f"PID {holder.pid}"):
+            with hold_lock(lock, "run"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    assert lock.exists()                                          # a stale file, but no stale lock
+    with hold_lock(lock, "run"):
+        assert lock.read_text() == f"{os.getpid()}\n"
+
+
+def test_scratch_folders_of_killed_prepares_are_removed(work, tmp_path):
+    import subprocess
+    import sys
+
+    from wavelm.data.folder import prepare_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for name in (f".c.parts-{dead}-0a1b2c3d", f".c.tmp-{dead}-0a1b2c3d", f".c.parts-{os.getpid()}-00ff00ff"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.u8").write_bytes(b"\x80" * 100)
+    prepare_folder(work / "audio", tmp_path / "c", workers=1, progress=False)
+    # the dead process's parts and temp cache are gone; a live process's (ours) stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".c.parts-{os.getpid()}-00ff00ff", "c"]
+
+
+def test_init_may_change_dropout_but_not_shapes(work, cache, tmp_path):
+    import dataclasses
+
+    from wavelm.checkpoint import CheckpointError
+    from wavelm.model.lm import load_model
+    from wavelm.train import TrainConfig, train
+
+    base = load_model(work / "ck").config
+    cfg = TrainConfig(steps=1, batch_size=1, seq_len=64, eval_every=1, val_crops=1, warmup=0, lr=1e-12,
+                      device="cpu", init=str(work / "ck"))
+    res = train(cfg, dataclasses.replace(base, dropout=0.25), cache, tmp_path / "a", progress=False)
+    assert res["step"] == 1 and load_model(tmp_path / "a" / "last").config.dropout == 0.25
+    with pytest.raises(CheckpointError, match=r"weights do not fit .*d_model=16 \(requested 32\)"):
+        train(cfg, dataclasses.replace(base, d_model=32, stage_dims=[32, *base.stage_dims[1:]]), cache,
+              tmp_path / "b", progress=False)
 
 
 def test_demo_refuses_nan_upload_and_checks_like_the_cli(work):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from wavelm.files import AUDIO_OUT, atomic_write, check_output
+from wavelm.files import AUDIO_OUT, atomic_write_path, check_output
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def audio_info(path) -> tuple[int, int, int]:
 
     p = _check_path(path)
     try:
-        info = sf.info(str(p))
+        info = sf.info(os.fsencode(p))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
         raise AudioError(f"{p}: cannot read audio ({_short(e)})") from None
     return int(info.samplerate), int(info.channels), int(info.frames)
@@ -117,6 +118,23 @@ def audio_info(path) -> tuple[int, int, int]:
 
 def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _read_f32(f, frames: int, p: Path) -> np.ndarray:
+    """Read `frames` of the open SoundFile `f` as float32 (frames, channels). A 64-bit float file
+    is read as float64 first: a finite value beyond float32's range is refused as what it is,
+    not as the inf it would become."""
+    if f.subtype != "DOUBLE":
+        return f.read(frames=frames, dtype="float32", always_2d=True)
+    x = f.read(frames=frames, dtype="float64", always_2d=True)
+    big = np.abs(np.where(np.isfinite(x), x, 0.0)).max(initial=0.0)
+    if big > _F32_MAX:
+        raise AudioError(f"{p}: audio holds samples far outside [-1, 1] (up to {big:.3g}); "
+                         "scale it to [-1, 1]")
+    return x.astype(np.float32)
 
 
 def _finish(x: np.ndarray, p: Path) -> np.ndarray:
@@ -136,10 +154,12 @@ def load_audio(path, sample_rate: int = 16000, max_seconds: float | None = None)
 
     p = _check_path(path)
     try:
-        with sf.SoundFile(str(p)) as f:
+        with sf.SoundFile(os.fsencode(p)) as f:
             sr = f.samplerate
             frames = -1 if max_seconds is None else int(max_seconds * sr)
-            x = f.read(frames=frames, dtype="float32", always_2d=True)
+            x = _read_f32(f, frames, p)
+    except AudioError:
+        raise
     except Exception as e:
         raise AudioError(f"{p}: cannot read audio ({_short(e)})") from None
     x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
@@ -156,7 +176,7 @@ def iter_audio(path, sample_rate: int = 16000, block_seconds: float = 30.0) -> I
 
     p = _check_path(path)
     try:
-        f = sf.SoundFile(str(p))
+        f = sf.SoundFile(os.fsencode(p))
     except Exception as e:
         raise AudioError(f"{p}: cannot read audio ({_short(e)})") from None
     with f:
@@ -165,7 +185,9 @@ def iter_audio(path, sample_rate: int = 16000, block_seconds: float = 30.0) -> I
         block = max(1, int(block_seconds * sr))
         while True:
             try:
-                x = f.read(frames=block, dtype="float32", always_2d=True)
+                x = _read_f32(f, block, p)
+            except AudioError:
+                raise
             except Exception as e:
                 raise AudioError(f"{p}: cannot read audio ({_short(e)})") from None
             last = len(x) < block
@@ -189,5 +211,7 @@ def save_audio(path, audio, sample_rate: int = 16000, subtype: str = "PCM_16") -
         a = a.T  # (C, N) -> (N, C), soundfile's layout
     p = check_output(path, AUDIO_OUT)
     fmt = p.suffix[1:].upper()
-    return atomic_write(p, lambda f: sf.write(f, a, sample_rate, subtype=subtype if fmt == "WAV" else None,
-                                              format=fmt))
+    # soundfile is given the temp path itself: through a Python file object (virtual I/O) a
+    # full disk ends in an AssertionError and tracebacks from its callbacks, not an error
+    return atomic_write_path(p, lambda tmp: sf.write(os.fsencode(tmp), a, sample_rate, format=fmt,
+                                                     subtype=subtype if fmt == "WAV" else None))

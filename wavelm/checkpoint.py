@@ -65,6 +65,25 @@ def read_config(path) -> dict:
     return meta
 
 
+def load_weights_into(model, source, path) -> None:
+    """Copy the weights of `source` (a model read from the checkpoint `path`) into `model` (one
+    built from the requested config, e.g. for `--init`): every weight must have the same name
+    and shape; settings that hold no weights (dropout, ...) may differ. CheckpointError names
+    the first weight that does not fit and the config fields that differ."""
+    have, want = source.state_dict(), model.state_dict()
+    odd = sorted(set(have) ^ set(want))
+    bad = odd or [k for k in want if have[k].shape != want[k].shape]
+    if bad:
+        k = bad[0]
+        where = (f"{k} {'only in the checkpoint' if k in have else 'missing from the checkpoint'}" if odd
+                 else f"{k}: {tuple(have[k].shape)} in the checkpoint, {tuple(want[k].shape)} requested")
+        a, b = source.config.to_dict(), model.config.to_dict()
+        diff = ", ".join(f"{f}={a.get(f)!r} (requested {v!r})" for f, v in b.items() if a.get(f) != v)
+        raise CheckpointError(f"{path}: weights do not fit the requested model ({where}); "
+                              f"the configs differ in {diff or 'nothing'}")
+    model.load_state_dict(have)
+
+
 class Pretrained:
     """Mixin: `Model.from_pretrained(path)` and `model.save_pretrained(path)`."""
 

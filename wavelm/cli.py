@@ -7,6 +7,7 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from importlib import import_module
@@ -40,6 +41,22 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device}: no CUDA device is available on this machine")
 
 
+# the API argument each generation flag feeds (wavelm.generation.check_args names the argument)
+GENERATION_FLAGS = {"seconds": "--seconds", "batch_size": "--num-samples", "temperature": "--temperature",
+                    "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed"}
+
+
+def check_generation_flags(seconds=None, batch_size=1, temperature=1.0, top_p=1.0, top_k=None, seed=0) -> dict:
+    """wavelm.generation.check_args, its ValueError turned into a UserError naming the flag."""
+    from wavelm.generation import check_args
+
+    try:
+        return check_args(seconds, batch_size, temperature, top_p, top_k, seed)
+    except ValueError as e:
+        name, _, rest = str(e).partition(" ")
+        raise UserError(f"{GENERATION_FLAGS.get(name, name)} {rest}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavelm", description="Autoregressive raw-audio waveform LMs.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,6 +83,8 @@ def add_subcommands(sub, prefix: str, table: dict, key: str):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.suppress(AttributeError, ValueError):   # file names that are not UTF-8 print
+        sys.stdout.reconfigure(errors="backslashreplace")   # escaped, as on stderr, never crash
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

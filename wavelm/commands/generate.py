@@ -13,11 +13,12 @@ reference step.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
-from wavelm.cli import UserError, check_device
+from wavelm.cli import UserError, check_device, check_generation_flags
 
 
 
@@ -50,16 +51,9 @@ def add_arguments(p):
 
 def check_args(args):
     """Every check that needs no model, so bad input fails before the model loads."""
-    from wavelm.files import AUDIO_OUT, check_output
-    from wavelm.generation import check_args as check_generation
+    from wavelm.files import AUDIO_OUT, check_not_special, check_output
 
-    flags = {"seconds": "--seconds", "batch_size": "--num-samples", "temperature": "--temperature",
-             "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed"}
-    try:
-        check_generation(args.seconds, args.num_samples, args.temperature, args.top_p, args.top_k, args.seed)
-    except ValueError as e:   # name the flag, not the API argument
-        name = str(e).split(" ", 1)[0]
-        raise UserError(f"{flags.get(name, name)} {str(e).split(' ', 1)[1]}") from None
+    check_generation_flags(args.seconds, args.num_samples, args.temperature, args.top_p, args.top_k, args.seed)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.prompt_seconds is not None:
@@ -69,8 +63,9 @@ def check_args(args):
             raise UserError(f"--prompt-seconds must be > 0, got {args.prompt_seconds:g}")
     if args.keep_prompt and args.prompt is None:
         raise UserError("--keep-prompt needs --prompt")
-    if Path(args.output).is_dir():
+    if os.path.isdir(args.output):
         raise UserError(f"-o {args.output}: is a directory; give a file name such as out.wav")
+    check_not_special(args.output)    # -o /dev/null: refused as it is, never /dev/null.wav
     for path in output_paths(args.output, args.num_samples):
         check_output(path, AUDIO_OUT)                     # before the work, not after it
     check_device(args.device)

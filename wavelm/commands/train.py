@@ -49,7 +49,8 @@ def add_arguments(p):
     p.add_argument("--eval-every", type=int, metavar="N", help="validate (and save) every N steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--input-noise", type=float, metavar="SIGMA",
-                   help="noise on training inputs: per-crop std drawn from [0, SIGMA] mu-law steps (default 0)")
+                   help="noise on training inputs: per-crop std drawn from [0, SIGMA] mu-law steps, "
+                        "0 <= SIGMA <= 64 (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, help="CPU threads per process (default 1; 0 = torch's default)")
     p.add_argument("--max-minutes", type=float, metavar="M",
@@ -59,7 +60,7 @@ def add_arguments(p):
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="any recipe field, e.g. --set model.d_model=64 --set train.grad_clip=0.5")
     p.add_argument("--init", metavar="MODEL_DIR",
-                   help="start from these weights (fine-tuning; the model config must match)")
+                   help="start from these weights (fine-tuning; every weight must keep its shape, dropout may change)")
     p.add_argument("--resume", action="store_true", help="continue RUN from RUN/last")
     p.add_argument("--overwrite", action="store_true", help="start RUN again (its cache is kept)")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop cleanly at STEP (resume later)")

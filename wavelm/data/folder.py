@@ -13,7 +13,8 @@ A cache is a directory:
                    "hours": {split: h, "total": h}, "settings": {what produced it}}
 
 It is built in a temp directory next to `out` and renamed into place, so the final name only
-ever holds a complete cache. Re-running with the same files (paths, sizes, mtimes) and settings
+ever holds a complete cache. `prepare_*` hold `.NAME.lock` beside it while they write (one
+writer at a time) and remove the scratch folders of runs that were killed. Re-running with the same files (paths, sizes, mtimes) and settings
 returns the existing cache at once (`cache.reused` is True).
 
 Splits. If `root` has any top-level folder named train/, val/ (or validation/, valid/), test/ or
@@ -28,11 +29,13 @@ Hidden files and folders (names starting with ".") are ignored.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,7 +46,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from wavelm.audio import AUDIO_EXTENSIONS, AudioError, iter_audio, mulaw_encode
-from wavelm.files import publish_dir, recover_dir
+from wavelm.files import hold_lock, pid_alive, publish_dir, recover_dir
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +263,32 @@ def temp_dir_next_to(out: Path, tag: str) -> Path:
             return p
         except FileExistsError:
             continue
+
+
+@contextlib.contextmanager
+def writing_cache(out: Path):
+    """Be the one writer of the cache `out`: hold its lock (`.NAME.lock` beside it, since the
+    cache folder itself is replaced whole) and remove the scratch folders that killed runs left
+    beside it. BusyError (a ValueError) names the PID of a live writer."""
+    with hold_lock(out.parent / f".{out.name}.lock", out):
+        remove_stale_temps(out)
+        yield
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the hidden scratch folders `.NAME.parts-PID-HEX` and `.NAME.tmp-PID-HEX` beside
+    `out` whose process is gone (a prepare that was killed); a live process's stay."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:parts|tmp)-(\d+)-[0-9a-f]+")
+    stale = []
+    with contextlib.suppress(OSError):
+        for p in out.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and p.is_dir() and not p.is_symlink() and not pid_alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
+                stale.append(p)
+    if stale:
+        log.info("%s: removed %d scratch folder(s) left by killed runs", out, len(stale))
+    return stale
 
 
 def _swap_into_place(tmp: Path, out: Path):
@@ -505,48 +534,48 @@ def prepare_folder(root, out, sample_rate: int = 16000, split=(0.9, 0.05, 0.05),
     settings = ({"format": "folder", "split": "folders"} if by_folder
                 else {"format": "folder", "split": list(fr), "seed": int(seed)})
     stats = [(rel, size, mtime) for rel, _, size, mtime in found]
-    if not force:
-        cached = fresh_cache(out, root, sample_rate, "mulaw", settings, stats)
-        if cached is not None:
-            return cached
+    with writing_cache(out):
+        if not force:
+            cached = fresh_cache(out, root, sample_rate, "mulaw", settings, stats)
+            if cached is not None:
+                return cached
 
-    skipped, splits = [], {}
-    info = {rel: (size, mtime) for rel, _, size, mtime in found}
-    jobs = []
-    for rel, path, size, mtime in found:
-        s = _subfolder_split(rel) if by_folder else None
-        if by_folder and s is None:
-            skipped.append({"path": rel, "reason": "not under a train/, val/, test/ or unseen/ folder",
-                            "size": size, "mtime": mtime})
-            continue
-        splits[rel] = s
-        jobs.append((rel, path))
+        skipped, splits = [], {}
+        info = {rel: (size, mtime) for rel, _, size, mtime in found}
+        jobs = []
+        for rel, path, size, mtime in found:
+            s = _subfolder_split(rel) if by_folder else None
+            if by_folder and s is None:
+                skipped.append({"path": rel, "reason": "not under a train/, val/, test/ or unseen/ folder",
+                                "size": size, "mtime": mtime})
+                continue
+            splits[rel] = s
+            jobs.append((rel, path))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = temp_dir_next_to(out, "parts")
-    try:
-        enc = functools.partial(encode_stream, sample_rate=sample_rate, block_seconds=block_seconds)
-        done, failed = encode_files(jobs, enc, scratch, workers=workers, progress=progress,
-                                    desc=f"prepare {root.name}")
-        for rel, _ in jobs:
-            if rel in failed:
-                size, mtime = info[rel]
-                skipped.append({"path": rel, "reason": failed[rel], "size": size, "mtime": mtime})
-        good = [rel for rel, _ in jobs if rel in done]
-        if not good:
-            first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
-            raise ValueError(f"{root}: none of the {len(found)} audio files could be decoded{first}")
-        if not by_folder:
-            splits.update(zip(good, assign_splits(len(good), fr, seed)))
-        elif not any(splits[r] == "train" for r in good):
-            log.warning("%s: no usable file under train/: the cache has no training split", root)
-        order = {rel: k for k, (rel, *_) in enumerate(found)}
-        skipped.sort(key=lambda s: order[s["path"]])
-        _warn_skipped(root, skipped, len(found))
-        entries = ((rel, splits[rel], _read_part(*done[rel]), *info[rel]) for rel in good)
-        cache = write_cache(out, entries, sample_rate, "mulaw", root, skipped, settings)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch = temp_dir_next_to(out, "parts")
+        try:
+            enc = functools.partial(encode_stream, sample_rate=sample_rate, block_seconds=block_seconds)
+            done, failed = encode_files(jobs, enc, scratch, workers=workers, progress=progress,
+                                        desc=f"prepare {root.name}")
+            for rel, _ in jobs:
+                if rel in failed:
+                    size, mtime = info[rel]
+                    skipped.append({"path": rel, "reason": failed[rel], "size": size, "mtime": mtime})
+            good = [rel for rel, _ in jobs if rel in done]
+            if not good:
+                first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+                raise ValueError(f"{root}: none of the {len(found)} audio files could be decoded{first}")
+            if not by_folder:
+                splits.update(zip(good, assign_splits(len(good), fr, seed)))
+            elif not any(splits[r] == "train" for r in good):
+                log.warning("%s: no usable file under train/: the cache has no training split", root)
+            order = {rel: k for k, (rel, *_) in enumerate(found)}
+            skipped.sort(key=lambda s: order[s["path"]])
+            _warn_skipped(root, skipped, len(found))
+            entries = ((rel, splits[rel], _read_part(*done[rel]), *info[rel]) for rel in good)
+            cache = write_cache(out, entries, sample_rate, "mulaw", root, skipped, settings)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     log.info("%s: wrote %d files (%s), %.2f h", out, len(cache),
              ", ".join(f"{k} {v}" for k, v in cache.meta["splits"].items()),
              cache.meta["hours"]["total"])

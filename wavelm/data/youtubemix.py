@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def _read_frames(path: Path, start: int, frames: int) -> np.ndarray:
     import soundfile as sf
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             f.seek(start)
             x = f.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as e:
@@ -215,33 +216,33 @@ def prepare_youtubemix(root, out, quantization: str = "s4", sample_rate: int = 1
                 "train_fraction": TRAIN_FRACTION}
     stat = {p.name: p.stat() for p in files}
     stats = [(name, st.st_size, st.st_mtime) for name, st in stat.items()]
-    if not force:
-        cached = _folder.fresh_cache(out, src_root, sample_rate, codec, settings, stats)
-        if cached is not None:
-            return cached
+    with _folder.writing_cache(out):
+        if not force:
+            cached = _folder.fresh_cache(out, src_root, sample_rate, codec, settings, stats)
+            if cached is not None:
+                return cached
 
-    splits = {}
-    for s, (lo, hi) in split_bounds(len(files)).items():
-        splits.update((p.name, s) for p in files[lo:hi])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = _folder.temp_dir_next_to(out, "parts")
-    try:
-        enc = functools.partial(encode_file_chunks, sample_rate=sample_rate, chunk=int(chunk),
-                                quantization=quantization)
-        done, failed = _folder.encode_files([(p.name, p) for p in files], enc, scratch, workers=workers,
-                                            progress=progress, desc="prepare youtubemix")
-        skipped = [{"path": p.name, "reason": failed[p.name], "size": stat[p.name].st_size,
-                    "mtime": stat[p.name].st_mtime} for p in files if p.name in failed]
-        if not done:
-            raise ValueError(f"{src_root}: none of the {len(files)} audio files gave a whole chunk "
-                             f"of {chunk} samples" + (f" (first: {skipped[0]['path']}: "
-                                                      f"{skipped[0]['reason']})" if skipped else ""))
-        _folder._warn_skipped(src_root, skipped, len(files))
-        entries = ((p.name, splits[p.name], _folder._read_part(*done[p.name]),
-                    stat[p.name].st_size, stat[p.name].st_mtime) for p in files if p.name in done)
-        cache = _folder.write_cache(out, entries, sample_rate, codec, src_root, skipped, settings)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        splits = {}
+        for s, (lo, hi) in split_bounds(len(files)).items():
+            splits.update((p.name, s) for p in files[lo:hi])
+        scratch = _folder.temp_dir_next_to(out, "parts")
+        try:
+            enc = functools.partial(encode_file_chunks, sample_rate=sample_rate, chunk=int(chunk),
+                                    quantization=quantization)
+            done, failed = _folder.encode_files([(p.name, p) for p in files], enc, scratch, workers=workers,
+                                                progress=progress, desc="prepare youtubemix")
+            skipped = [{"path": p.name, "reason": failed[p.name], "size": stat[p.name].st_size,
+                        "mtime": stat[p.name].st_mtime} for p in files if p.name in failed]
+            if not done:
+                raise ValueError(f"{src_root}: none of the {len(files)} audio files gave a whole chunk "
+                                 f"of {chunk} samples" + (f" (first: {skipped[0]['path']}: "
+                                                          f"{skipped[0]['reason']})" if skipped else ""))
+            _folder._warn_skipped(src_root, skipped, len(files))
+            entries = ((p.name, splits[p.name], _folder._read_part(*done[p.name]),
+                        stat[p.name].st_size, stat[p.name].st_mtime) for p in files if p.name in done)
+            cache = _folder.write_cache(out, entries, sample_rate, codec, src_root, skipped, settings)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     log.info("%s: wrote YouTubeMix (%s), %.2f h", out,
              ", ".join(f"{k} {v}" for k, v in cache.meta["splits"].items()), cache.meta["hours"]["total"])
     return cache

@@ -17,6 +17,7 @@ The run directory:
     last/           model dir + trainer_state.pt, every `save_every` steps and at the end
     best/           model dir with the lowest validation bits so far
     tb/             TensorBoard events (`tensorboard=True`)
+    .wavelm.lock    while a run writes: its PID, under an flock (a second `train --out RUN` is refused)
 
 Checkpoints are built in a hidden temp dir, then swapped in with renames (`files.publish_dir`), so after
 a crash `last/` (or, between the two renames, `.last.old/`, which `_recover` puts back) holds a

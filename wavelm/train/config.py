@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from wavelm.model.config import ModelConfig
 
 
+MAX_INPUT_NOISE = 64.0   # mu-law steps; beyond it the inputs are noise, not audio
+
+
 @dataclass
 class TrainConfig:
     steps: int = 10000
@@ -45,6 +48,9 @@ class TrainConfig:
                   "max_minutes", "input_noise"):
             if getattr(self, k) < 0:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")
+        if self.input_noise > MAX_INPUT_NOISE:
+            raise ValueError(f"train.input_noise must be from 0 to {MAX_INPUT_NOISE:g} mu-law steps "
+                             f"(a quarter of the 256 codes), got {self.input_noise:g}")
         if not self.lr > 0 or not 0 <= self.min_lr <= 1:
             raise ValueError(f"train.lr must be > 0 and train.min_lr in [0, 1], got {self.lr}, {self.min_lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

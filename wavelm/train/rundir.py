@@ -21,6 +21,7 @@ from wavelm.model.lm import load_model
 from .config import DataConfig
 
 RUN_FILES = ("run.json", "metrics.jsonl", "last", "best", "tb")
+LOCK_NAME = ".wavelm.lock"   # held by the run's one writer (files.hold_lock), removed when it ends
 
 
 def _recover(final: Path):
@@ -81,7 +82,9 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool):
         if not (out / "last" / "config.json").is_file():
             raise ValueError(f"{out}: nothing to resume (no last/ checkpoint); drop --resume to start")
         return out / "last"
-    present = sorted(p.name for p in out.iterdir() if p.name != "cache") if out.is_dir() else []
+    # hidden entries are wavelm's own: the lock, scratch folders of killed runs
+    present = sorted(p.name for p in out.iterdir() if p.name != "cache" and not p.name.startswith(".")) \
+        if out.is_dir() else []
     started = set(present) - {"run.json", "metrics.jsonl", "tb"}  # a run with no checkpoint is no loss
     if started and not overwrite:
         what = "a wavelm run" if set(present) & set(RUN_FILES) else "not empty"
