@@ -126,8 +126,8 @@ def test_a_benched_config_not_trained_yet_has_its_row_and_no_claim():
             {"kind": "speed", "config": "transformer", "train_tokens_per_s": 23_097.9,
              "decode_samples_per_s": 9_025.0}]           # a row from before speed rows carried params
     text = compare.table(rows)
-    assert "| conv | conv | 2.19M | - | 0 | - | - | - | 25,294 | 16,611 |" in text
-    assert "| transformer | - | - | - | 0 | - | - | - | 23,098 | 9,025 |" in text
+    assert "| conv | conv | 2.19M | - | 0 | - | - | - | - | 25,294 | 16,611 |" in text
+    assert "| transformer | - | - | - | 0 | - | - | - | - | 23,098 | 9,025 |" in text
     assert compare.reading(rows) == ""
 
 

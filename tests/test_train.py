@@ -320,3 +320,18 @@ class _SlowFirstCall(torch.nn.Module):
             time.sleep(0.5)
             self.done = True
         return self.m(x)
+
+
+def test_lpc_path_trains_and_resumes_exactly(audio_dir, cache, tmp_path):
+    """The LPC path (docs/design.md) through the CLI's --set; its numba step in training keeps
+    the exact resume; the untrained model starts at the LPC's score and training improves on it."""
+    lpc = ["--set", "model.lpc_order=4", "--set", "model.lpc_window=48", "--set", "model.lpc_hop=16"]
+    assert main(["train", "--data", str(cache.path), "--out", str(tmp_path / "a"), "--steps", "12",
+                 "--eval-every", "6", *TINY, *lpc]) == 0
+    assert main(["train", "--data", str(cache.path), "--out", str(tmp_path / "b"), "--steps", "12",
+                 "--eval-every", "6", "--stop-at", "6", *TINY, *lpc]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--no-progress"]) == 0
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert "lpc_gate.bias" in a and all(torch.equal(a[k], b[k]) for k in a)
+    vals = [r["val_bits"] for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").open()) if r["event"] == "val"]
+    assert load_model(tmp_path / "a" / "best").config.lpc_order == 4 and vals[-1] < 8

@@ -37,7 +37,12 @@ from wavelm.audio import AUDIO_EXTENSIONS, load_audio, mulaw_decode, mulaw_encod
 from wavelm.data.folder import TokenCache
 from wavelm.files import atomic_write
 from wavelm.generation import generate
+from wavelm.model.lpc import adaptive_bits
 from wavelm.scoring import score
+
+# the classical baseline every model is judged against: the adaptive LPC alone (no trained
+# parameters), order 64 refitted every 64 samples on the last 2,048 (recipes/piano/README.md)
+BASELINE_LPC = (64, 2048, 64)
 
 log = logging.getLogger(__name__)
 
@@ -236,25 +241,32 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
     files = spread(files, max_files)
 
     def score_files(fs, tag):
-        per_file, per_piano, regions = [], {}, {}
+        per_file, per_piano, regions, lpc_regions, lpc_total = [], {}, {}, {}, 0.0
         for name, y in _bar(fs, progress, f"scoring {tag}"):
             res = score(model, y, sample_rate=sr)
-            per_file.append({"name": name, "bits_per_sample": res.bits_per_sample, "samples": res.num_samples})
+            lpc = adaptive_bits(mulaw_encode(y), *BASELINE_LPC)       # the classical baseline, same samples
+            lpc_total += float(lpc.sum())
+            per_file.append({"name": name, "bits_per_sample": res.bits_per_sample, "samples": res.num_samples,
+                             "lpc_bits_per_sample": float(lpc.mean())})
             agg = per_piano.setdefault(piano_of(name), [0.0, 0])
             agg[0] += res.total_bits
             agg[1] += res.num_samples
-            for k, v in region_bits(y, res.nll_bits, sr).items():
-                r = regions.setdefault(k, [0.0, 0])
-                r[0] += v["bits"]
-                r[1] += v["samples"]
+            for nll, into in ((res.nll_bits, regions), (lpc, lpc_regions)):
+                for k, v in region_bits(y, nll, sr).items():
+                    r = into.setdefault(k, [0.0, 0])
+                    r[0] += v["bits"]
+                    r[1] += v["samples"]
         tot = sum(f["bits_per_sample"] * f["samples"] for f in per_file)
         cnt = sum(f["samples"] for f in per_file)
         bps = [f["bits_per_sample"] for f in per_file]
         return {"files": len(per_file), "samples": cnt, "bits_per_sample": tot / max(cnt, 1),
                 "file_min": min(bps), "file_max": max(bps),
                 "per_piano": {k: v[0] / max(v[1], 1) for k, v in sorted(per_piano.items())},
-                "regions": {k: {"bits_per_sample": v[0] / max(v[1], 1), "share": v[1] / max(cnt, 1)}
+                "regions": {k: {"bits_per_sample": v[0] / max(v[1], 1), "share": v[1] / max(cnt, 1),
+                                "lpc_bits_per_sample": lpc_regions[k][0] / max(lpc_regions[k][1], 1)}
                             for k, v in regions.items()},
+                "lpc": {"order": BASELINE_LPC[0], "window": BASELINE_LPC[1], "hop": BASELINE_LPC[2],
+                        "bits_per_sample": lpc_total / max(cnt, 1)},
                 "per_file": per_file}
 
     report["score"] = {split: score_files(files, split)}

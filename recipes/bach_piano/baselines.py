@@ -11,7 +11,11 @@ all samples of a split / number of samples, i.e. pooled over files):
 - linear predictor: x_t predicted from the previous 16 decoded mu-law samples with
   least-squares taps; the residual is Gaussian with sigma = RMS of the last 256 residuals
   (fewer at a file's start, floored at --sigma-min); P(q_t) is the Gaussian mass over the
-  waveform interval that mu-law maps to q_t (the end bins reach to -inf/+inf), floored at --eps.
+  waveform interval that mu-law maps to q_t (the end bins reach to -inf/+inf), floored at --eps;
+- adaptive LPC (no trained parameters): the LPC path of the model alone (wavelm/model/lpc.py,
+  docs/design.md): every 64 samples Levinson-Durbin on a Hann-windowed window of the past decoded
+  samples; a logistic centred on the prediction, scale 0.6 x the previous block's mean |residual|,
+  mixed with a 1e-4 uniform floor; one row per (order, window), `--adaptive`.
 Contexts before a file's start are token 128 (mu-law zero), as in the models' teacher forcing.
 Prints a markdown table and writes DATA/baselines.json.
 """
@@ -129,6 +133,15 @@ def lpc_bits(w, evals_q, order: int, window: int, sigma_min: float, eps: float) 
     return out
 
 
+def adaptive_lpc_bits(evals_q, order: int, window: int, hop: int, desc: str = "") -> list[np.ndarray]:
+    """The model's LPC path alone (wavelm.model.lpc.adaptive_bits), file by file."""
+    from tqdm import tqdm
+
+    from wavelm.model.lpc import adaptive_bits
+
+    return [adaptive_bits(q, order, window, hop) for q in tqdm(evals_q, desc=desc, leave=False)]
+
+
 # ----------------------------------------------------------------------------- main
 
 def pooled(bits: list[np.ndarray]) -> float:
@@ -144,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=256, help="residuals behind sigma")
     ap.add_argument("--sigma-min", type=float, default=1e-6)
     ap.add_argument("--eps", type=float, default=1e-9, help="probability floor")
+    ap.add_argument("--adaptive", nargs="*", default=["16,512,64", "32,1024,64", "64,2048,64"],
+                    metavar="ORDER,WINDOW,HOP", help="adaptive-LPC settings (default 16,512,64 32,1024,64 64,2048,64)")
     ap.add_argument("--json-out", default=None, help="default: DATA/baselines.json")
     args = ap.parse_args(argv)
 
@@ -157,13 +172,22 @@ def main(argv=None) -> int:
     pad = float(mulaw_decode(np.array([ZERO]))[0])
     w = fit_lpc((mulaw_decode(q.astype(np.int64)).astype(np.float64) for q in train), args.order, pad)  # one file at a time
 
+    adaptive = {}
+    for a in args.adaptive:
+        try:
+            o, win, hop = (int(v) for v in a.split(","))
+        except ValueError:
+            raise SystemExit(f"baselines.py: --adaptive takes ORDER,WINDOW,HOP such as 64,2048,64, got {a!r}")
+        adaptive[f"alpc{o}_{win}_{hop}"] = (o, win, hop)
     names = {"unigram": "unigram (add-one)", "bigram": "bigram (add-one)",
              "lpc": f"{args.order}-tap linear predictor, Gaussian residual, "
-                    f"sigma from the last {args.window} residuals"}
+                    f"sigma from the last {args.window} residuals",
+             **{k: f"adaptive LPC, order {o}, window {win}, refit every {hop}" for k, (o, win, hop) in adaptive.items()}}
     results = {}
     for s, qs in evals.items():
         bits = {"unigram": unigram_bits(train, qs), "bigram": bigram_bits(train, qs),
-                "lpc": lpc_bits(w, qs, args.order, args.window, args.sigma_min, args.eps)}
+                "lpc": lpc_bits(w, qs, args.order, args.window, args.sigma_min, args.eps),
+                **{k: adaptive_lpc_bits(qs, *v, desc=f"{s} {k}") for k, v in adaptive.items()}}
         results[s] = {"files": len(qs), "samples": int(sum(map(len, qs))),
                       **{k: pooled(b) for k, b in bits.items()}}
         pianos = [piano_of(p) for p in split_files(data, s)]
@@ -185,7 +209,8 @@ def main(argv=None) -> int:
     for s, r in results.items():
         for pi, v in r.get("per_piano", {}).items():
             print(f"  {s} {pi}: {v['files']} files, unigram {v['unigram']:.3f}, bigram {v['bigram']:.3f}, "
-                  f"linear predictor {v['lpc']:.3f}")
+                  f"linear predictor {v['lpc']:.3f}"
+                  + "".join(f", {k} {v[k]:.3f}" for k in adaptive))
 
     card = {
         "data": str(data),
@@ -195,7 +220,8 @@ def main(argv=None) -> int:
         "train": {"files": len(train), "samples": int(sum(map(len, train)))},
         "models": names,
         "settings": {"order": args.order, "window": args.window, "sigma_min": args.sigma_min,
-                     "eps": args.eps, "context_before_start": ZERO},
+                     "eps": args.eps, "context_before_start": ZERO,
+                     "adaptive": {k: {"order": o, "window": win, "hop": hop} for k, (o, win, hop) in adaptive.items()}},
         "lpc_taps_oldest_first": [round(float(v), 6) for v in w],
         "results": results,
         "seconds": round(time.time() - t0, 1),

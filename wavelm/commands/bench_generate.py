@@ -4,6 +4,7 @@
     wavelm bench generate --model small --batch 1,16 --seconds 5
     wavelm bench generate --model small-flat --attn-window 2048 --batch 1
     wavelm bench generate --checkpoint runs/piano --seconds 60 --batch 1
+    wavelm bench generate --model piano --lpc 64,2048,64 --repeat 15   # the LPC path's price, batch 1
 
 For each batch size: the decoder generation uses (`--backend`, default the fastest here),
 timed over `--repeat` runs of `--seconds` of audio per stream after a short warm-up (JIT
@@ -21,6 +22,7 @@ import statistics
 import time
 
 from wavelm.cli import UserError, check_device
+from wavelm.commands.bench_train import lpc_fields
 
 
 def add_arguments(p):
@@ -40,6 +42,8 @@ def add_arguments(p):
     p.add_argument("--backend", default="auto", help="decoder: auto (default), fast, torch, cuda-graph")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--lpc", metavar="ORDER,WINDOW,HOP", type=lpc_fields, default=None,
+                   help="with --model: the preset without and with the LPC path, batch 1, runs interleaved")
 
 
 def _model(args):
@@ -137,6 +141,8 @@ def run(args) -> int:
         raise UserError("--seconds must be > 0; --naive-samples, --threads and --repeat >= 1")
     check_device(args.device)
     torch.set_num_threads(args.threads)
+    if args.lpc is not None:
+        return _lpc_price(args)
     model, what = _model(args)
     cfg, sr = model.config, model.config.sample_rate
     context = args.context or cfg.stage_windows[-1] * cfg.hop[-1]
@@ -168,3 +174,46 @@ def run(args) -> int:
     for row in table:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
     return 0
+
+
+def _lpc_price(args) -> int:
+    """The preset without and with the LPC path at batch 1, `repeat` runs of each interleaved
+    (a load that comes and goes hits both alike): medians and the median of the paired ratios."""
+    import torch
+
+    from wavelm.generation import start
+    from wavelm.hardware import machine
+    from wavelm.model.config import ModelConfig
+    from wavelm.model.lm import WaveLM
+
+    if args.model is None:
+        raise UserError("--lpc goes with --model PRESET (the same preset is built without and with the path)")
+    over = {k: v for k, v in (("arch", args.arch), ("attn_window", args.attn_window)) if v is not None}
+    decs = {}
+    for name, lpc in (("without", {}), ("with", args.lpc)):
+        torch.manual_seed(0)
+        try:
+            model = WaveLM(ModelConfig.from_name(args.model, **over, **lpc)).to(args.device).eval()
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        decs[name] = start(model, batch_size=1, seed=0, backend=args.backend)
+        decs[name].run(max(1, int(0.2 * model.config.sample_rate)))              # JIT, caches
+    n = max(1, round(args.seconds * model.config.sample_rate))
+    rates = {k: [] for k in decs}
+    for _ in range(args.repeat):
+        for k, dec in decs.items():
+            _sync(args.device)
+            t0 = time.perf_counter()
+            dec.run(n)
+            rates[k].append(n / (time.perf_counter() - t0))
+    ratio = statistics.median(w / wo for w, wo in zip(rates["with"], rates["without"]))
+    o = args.lpc
+    print(f"wavelm bench generate: preset {args.model} with random weights, without and with the LPC path "
+          f"(order {o['lpc_order']}, window {o['lpc_window']}, hop {o['lpc_hop']}), batch 1, decoder "
+          f"{decs['with'].name}, {args.repeat} interleaved runs of {args.seconds:g} s")
+    print(f"machine: {machine()}")
+    for k in decs:
+        print(f"  {k + ' the path':16s} {statistics.median(rates[k]):>10,.0f} samples/s (median)")
+    print(f"  with / without: {ratio:.3f} (median of the paired runs)")
+    return 0
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from wavelm.cli import UserError
+from wavelm.cli import UserError, check_generation_flags
 
 
 def add_arguments(p):
@@ -27,10 +27,17 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import math
+
     from wavelm.files import check_output
 
-    if args.clips < 1 or args.seconds <= 0 or args.prompt_seconds <= 0 or args.threads < 1:
-        raise UserError("--clips and --threads must be >= 1; --seconds and --prompt-seconds > 0")
+    # every flag before any work (scoring a split takes minutes), each error naming its flag
+    check_generation_flags(args.seconds, 1, args.temperature, args.top_p)
+    if not (math.isfinite(args.prompt_seconds) and 0 < args.prompt_seconds <= 600):
+        raise UserError(f"--prompt-seconds must be > 0 and <= 600, got {args.prompt_seconds:g}")
+    for flag, v in (("--clips", args.clips), ("--threads", args.threads)):
+        if v < 1:
+            raise UserError(f"{flag} must be >= 1, got {v}")
     if args.max_files is not None and args.max_files < 1:
         raise UserError(f"--max-files must be >= 1, got {args.max_files}")
     for path, exts in ((args.json, (".json",)), (args.plot, (".png",))):
@@ -113,8 +120,13 @@ def table(rep: dict) -> str:
     for split, sc in rep["score"].items():
         lines.append(f"bits/sample on {split}: {sc['bits_per_sample']:.4f} pooled over {sc['files']} files "
                      f"({sc['samples'] / 16000 / 3600:.3f} h), files {sc['file_min']:.3f}..{sc['file_max']:.3f}")
+        lpc = sc["lpc"]
+        lines.append(f"  adaptive LPC (order {lpc['order']}, window {lpc['window']}, no trained parameters): "
+                     f"{lpc['bits_per_sample']:.4f}; the model is {sc['bits_per_sample'] - lpc['bits_per_sample']:+.4f} "
+                     f"from it")
         if len(sc["per_piano"]) > 1 or "all" not in sc["per_piano"]:
             lines.append("  per piano: " + ", ".join(f"{k} {v:.3f}" for k, v in sc["per_piano"].items()))
-        lines.append("  where: " + ", ".join(f"{k} {v['bits_per_sample']:.3f} ({v['share']:.0%} of samples)"
-                                            for k, v in sc["regions"].items()))
+        lines.append("  where (model / adaptive LPC): "
+                     + ", ".join(f"{k} {v['bits_per_sample']:.3f} / {v['lpc_bits_per_sample']:.3f} "
+                                 f"({v['share']:.0%} of samples)" for k, v in sc["regions"].items()))
     return "\n".join(lines)

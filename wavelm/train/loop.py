@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wavelm.audio import LN2
+from wavelm.checkpoint import load_weights_into
 from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, val_crops
-from wavelm.files import atomic_write_text
+from wavelm.files import atomic_write_text, hold_lock
 from wavelm.decode.fast import use_lpc_kernel
 from wavelm.hardware import machine
 from wavelm.model.config import ModelConfig
@@ -25,8 +26,8 @@ from wavelm.model.lm import WaveLM, load_model
 
 from .config import DataConfig, TrainConfig
 from .distributed import Dist, device_for
-from .rundir import (Metrics, load_trainer_state, open_data, prepare_run_dir, rng_state, save_checkpoint,
-                     set_rng_state)
+from .rundir import (LOCK_NAME, Metrics, load_trainer_state, open_data, prepare_run_dir, rng_state,
+                     save_checkpoint, set_rng_state)
 
 log = logging.getLogger("wavelm.train")
 
@@ -135,8 +136,12 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data, out, resume: bool = Fa
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist = Dist.from_env(device_type)
     try:
-        return _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress,
-                      on_start, dist)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: is a file; --out must be a run directory")
+        # one owner per run folder: rank 0 holds RUN/.wavelm.lock before anything is written
+        with hold_lock(out / LOCK_NAME, out) if dist.rank == 0 else contextlib.nullcontext():
+            return _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress,
+                          on_start, dist)
     finally:
         dist.close()
 
@@ -181,7 +186,9 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         net, state = load_trainer_state(ckpt, model_cfg)
         net.train()
     elif cfg.init:
-        net = load_model(Path(cfg.init).expanduser(), config=model_cfg).float().train()
+        net = WaveLM(model_cfg)     # the requested config; the weights must fit it, dropout may differ
+        load_weights_into(net, load_model(Path(cfg.init).expanduser()), cfg.init)
+        net.float().train()
         if rank0:
             log.info("weights from %s (optimizer and schedule start afresh)", cfg.init)
     else:
