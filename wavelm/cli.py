@@ -87,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")   # escaped, as on stderr, never crash
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from wavelm.interrupt import exit_code, raise_on_sigterm
+
+    raise_on_sigterm()      # SIGTERM unwinds like Ctrl-C: temp files go, workers stop, train saves last/
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("wavelm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"wavelm {args.command}: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return exit_code(e)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         # library code raises ValueError (and subclasses such as AudioError, OutputError) for bad input
         print(f"wavelm {args.command}: error: {e}", file=sys.stderr)

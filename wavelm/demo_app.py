@@ -16,11 +16,17 @@ peak-normalises float arrays; int16 passes through untouched). When the `ffmpeg`
 installed, playback starts while generation is still running (Gradio's streaming audio needs
 ffmpeg); without it the players fill in when generation ends.
 
+Temp files. `wavelm demo` keeps uploads and results in a folder of its own (removed when it
+stops, by Ctrl-C or SIGTERM); before each request the oldest results there are removed past
+MAX_TEMP_ENTRIES entries or MAX_TEMP_BYTES (`prune_temp`). Live-stream chunks are sent as WAV
+bytes and never written to disk.
+
 Gradio is imported inside build_demo() (it takes seconds), after offline_env() has set
 GRADIO_ANALYTICS_ENABLED=False, HF_HUB_OFFLINE=1 and HF_HUB_DISABLE_TELEMETRY=1.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +51,8 @@ MAX_PROMPT_SECONDS = 30.0   # prompt upload or recording
 MAX_SCORE_SECONDS = 600.0   # file to score (10 minutes)
 MAX_FILE_SIZE = "200mb"     # uploads larger than this are refused by Gradio itself
 CHUNK_SECONDS = 0.5         # streaming: audio per chunk sent to the live player
+MAX_TEMP_ENTRIES = 100      # uploads and results kept in the demo's own temp folder (oldest go first)
+MAX_TEMP_BYTES = 500 << 20  # and their total size
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -66,6 +74,58 @@ def streaming_available() -> bool:
 def to_int16(x: np.ndarray) -> np.ndarray:
     """float [-1, 1] -> int16 PCM at the same level (Gradio would peak-normalise floats)."""
     return np.round(np.clip(x, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def wav_bytes(sample_rate: int, x: np.ndarray) -> bytes:
+    """int16 mono samples as a 16-bit WAV file in memory (a live-stream chunk: Gradio streams
+    bytes as they are, where a (rate, array) chunk would be written to its cache first)."""
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(np.ascontiguousarray(x, dtype="<i2").tobytes())
+    return buf.getvalue()
+
+
+def _tree_bytes(p: Path) -> int:
+    if not p.is_dir() or p.is_symlink():
+        return p.lstat().st_size
+    return sum(f.lstat().st_size for f in p.rglob("*") if not f.is_dir() or f.is_symlink())
+
+
+def prune_temp(folder, max_entries: int = MAX_TEMP_ENTRIES, max_bytes: int = MAX_TEMP_BYTES,
+               keep=()) -> list[Path]:
+    """Remove the oldest entries of `folder` (Gradio keeps each upload or result in a folder of
+    its own) until at most `max_entries` entries and `max_bytes` bytes remain; entries holding a
+    path in `keep` (the request's own uploads) stay. Returns the removed entries."""
+    folder = Path(folder)
+    keep = [Path(k).resolve() for k in keep if k]
+    entries = []
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            with contextlib.suppress(OSError):
+                entries.append((p.lstat().st_mtime, p, _tree_bytes(p)))
+    entries.sort(key=lambda e: e[0])
+    count, total, removed = len(entries), sum(e[2] for e in entries), []
+    for _, p, size in entries:
+        if count <= max_entries and total <= max_bytes:
+            break
+        if any(k == p.resolve() or p.resolve() in k.parents for k in keep):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        count, total = count - 1, total - size
+        removed.append(p)
+    if removed:
+        log.info("%s: removed %d old demo file(s)", folder, len(removed))
+    return removed
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -225,14 +285,20 @@ def score_image(x: np.ndarray, nll_bits: np.ndarray, sample_rate: int, title: st
 
 # ----------------------------------------------------------------------------- the app
 
-def build_demo(model, streaming: bool | None = None):
-    """The Gradio app for `model`. streaming=None: live playback iff `ffmpeg` is installed."""
+def build_demo(model, streaming: bool | None = None, temp_dir=None):
+    """The Gradio app for `model`. streaming=None: live playback iff `ffmpeg` is installed.
+    temp_dir: the demo's own temp folder (GRADIO_TEMP_DIR), pruned before each request
+    (`prune_temp`); None prunes nothing (a folder that others may share)."""
     offline_env()
     import gradio as gr
 
     sr = model.config.sample_rate
     live_ok = streaming_available() if streaming is None else bool(streaming)
     table, card, config_text = model_info(model)
+
+    def tidy(*inputs):
+        if temp_dir is not None:
+            prune_temp(temp_dir, keep=inputs)
 
     def on_generate(seconds, samples, temperature, top_p, seed, prompt, progress=gr.Progress()):
         try:
@@ -241,6 +307,7 @@ def build_demo(model, streaming: bool | None = None):
             x_prompt = read_upload(prompt, sr, MAX_PROMPT_SECONDS, "prompts") if prompt else None
         except InputError as e:
             raise gr.Error(str(e)) from None
+        tidy(prompt)
         total = int(round(seconds * sr))
         yield {status: "Starting... (the first run after installing compiles the fast decoder: "
                        "up to a minute)", **{p: None for p in players}}
@@ -256,7 +323,7 @@ def build_demo(model, streaming: bool | None = None):
                 out = {status: f"Generating: {done / sr:.1f} / {seconds:g} s "
                                f"({done / sr / took:.2f}x real time)"}
                 if live is not None:
-                    out[live] = (sr, to_int16(chunk[0]))
+                    out[live] = wav_bytes(sr, to_int16(chunk[0]))
                 yield out
         except ValueError as e:  # the library's message for input it refuses
             raise gr.Error(str(e)) from None
@@ -268,6 +335,7 @@ def build_demo(model, streaming: bool | None = None):
                   for i, p in enumerate(players)}}
 
     def on_score(path, progress=gr.Progress(track_tqdm=True)):  # score()'s tqdm bar -> page
+        tidy(path)
         try:
             x = read_upload(path, sr, MAX_SCORE_SECONDS, "audio to score")
             res = score(model, x, progress=True)

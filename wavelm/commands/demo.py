@@ -34,21 +34,21 @@ def run(args) -> int:
     from wavelm import demo_app
 
     demo_app.offline_env()  # before anything imports gradio
-    # uploads and generated files go to a folder of this run's own, removed when it stops
-    # (unless the user chose GRADIO_TEMP_DIR)
+    # uploads and generated files go to a folder of this run's own, removed when it stops (Ctrl-C
+    # or SIGTERM: wavelm.interrupt), its oldest results pruned (unless the user chose GRADIO_TEMP_DIR)
     own_tmp = None
     if "GRADIO_TEMP_DIR" not in os.environ:
         own_tmp = tempfile.mkdtemp(prefix="wavelm-demo-")
         os.environ["GRADIO_TEMP_DIR"] = own_tmp
     try:
-        return _serve(args, demo_app)
+        return _serve(args, demo_app, own_tmp)
     finally:
         if own_tmp is not None:
             shutil.rmtree(own_tmp, ignore_errors=True)
             os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
-def _serve(args, demo_app) -> int:
+def _serve(args, demo_app, own_tmp=None) -> int:
     if importlib.util.find_spec("gradio") is None:
         raise UserError("the demo needs gradio: pip install 'wavelm[demo]'")
     if not 0 < args.port < 65536:
@@ -61,7 +61,7 @@ def _serve(args, demo_app) -> int:
     if not demo_app.streaming_available():
         log.info("ffmpeg not found: audio plays when generation ends, not while it runs")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
-    demo = demo_app.build_demo(model)
+    demo = demo_app.build_demo(model, temp_dir=own_tmp)     # pruned while it serves
     try:
         demo_app.launch(demo, host=args.host, port=args.port)
     except OSError as e:

@@ -63,6 +63,9 @@ def add_arguments(p):
                    help="start from these weights (fine-tuning; every weight must keep its shape, dropout may change)")
     p.add_argument("--resume", action="store_true", help="continue RUN from RUN/last")
     p.add_argument("--overwrite", action="store_true", help="start RUN again (its cache is kept)")
+    p.add_argument("--data-changed", choices=("refuse", "ok"), default="refuse",
+                   help="with --resume, when audio files changed since the run started: refuse "
+                        "(default), or ok: keep the run's train/val split, new files train only")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop cleanly at STEP (resume later)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN/tb")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
@@ -174,6 +177,7 @@ def run(args) -> int:
     try:
         res = train(cfg, model_cfg, data_cfg.path, args.out, resume=args.resume, data_cfg=data_cfg,
                     overwrite=args.overwrite, stop_at=args.stop_at, progress=progress,
+                    data_changed=args.data_changed,
                     on_start=lambda info: print(header(info), flush=True))
     except TrainingDiverged as e:
         print(f"wavelm train: error: {e}", file=sys.stderr)

@@ -352,10 +352,54 @@ def encode_stream(src, dst, sample_rate: int = 16000, block_seconds: float = 30.
     return n
 
 
-def _worker_init():
+def _worker_init(parent: int | None = None):
+    import signal
+
     import torch  # one thread a worker: the processes are the parallelism (see docs/design.md)
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle: it stops the pool
+    if parent is not None:
+        exit_with(parent)
+
+
+def exit_with(parent: int) -> None:
+    """In a worker: exit as soon as process `parent` (the one that started the pool) is gone,
+    killed (SIGKILL) included. A pool's workers otherwise wait for work forever, and keep the
+    forkserver (and its memory) alive with them."""
+    import select
+    import threading
+    import time
+
+    try:
+        fd = os.pidfd_open(parent)      # readable when the process ends (Linux 5.3)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch():
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while pid_alive(parent):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="wavelm-exit-with-parent", daemon=True).start()
+
+
+def _stop_pool(ex: ProcessPoolExecutor) -> None:
+    """Stop a pool now (an error or a signal in the parent): queued jobs are dropped and the
+    workers terminated, rather than waiting for every file to be decoded."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.join(timeout=5)
 
 
 def _reason(e: Exception, src) -> str:
@@ -412,13 +456,17 @@ def encode_files(jobs: list[tuple[str, Path]], encode: Callable, scratch: Path, 
             if ctx.get_start_method() == "forkserver":
                 ctx.set_forkserver_preload(["wavelm.data.folder"])
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_worker_init,
-                                     mp_context=ctx) as ex:
-                futs = {ex.submit(encode, src, part): (rel, src, part)
-                        for (rel, src), part in zip(jobs, parts)}
-                for fut in as_completed(futs):
-                    rel, src, part = futs[fut]
-                    record(rel, src, part, fut.result)
-                    bar.update()
+                                     initargs=(os.getpid(),), mp_context=ctx) as ex:
+                try:
+                    futs = {ex.submit(encode, src, part): (rel, src, part)
+                            for (rel, src), part in zip(jobs, parts)}
+                    for fut in as_completed(futs):
+                        rel, src, part = futs[fut]
+                        record(rel, src, part, fut.result)
+                        bar.update()
+                except BaseException:   # Ctrl-C, SIGTERM (wavelm.interrupt), a broken pool
+                    _stop_pool(ex)
+                    raise
     finally:
         bar.close()
     return done, failed

@@ -13,6 +13,8 @@ The run directory:
     run.json        model, train and data configs (what `--resume` starts from)
     metrics.jsonl   one JSON object per event (rank 0): `start` (each invocation: machine, device,
                     bf16), `train` (loss, lr, tokens/s), `val`
+    split.json      the files (sizes, mtimes) and their split, frozen at the start: `--resume` refuses
+                    data that changed since, unless `data_changed="ok"` (new files train only)
     cache/          the token cache when `data` is an audio folder; reused while files are unchanged
     last/           model dir + trainer_state.pt, every `save_every` steps and at the end
     best/           model dir with the lowest validation bits so far
@@ -35,8 +37,8 @@ from .config import DataConfig, TrainConfig, configs_from_recipe
 from .distributed import Dist
 from .loop import (TrainingDiverged, evaluate, forward_backward, loss_fn, lr_lambda, make_optimizer, train,
                    use_bf16)
-from .rundir import load_trainer_state, open_data, prepare_run_dir, save_checkpoint
+from .rundir import DataChanged, load_trainer_state, open_data, prepare_run_dir, save_checkpoint
 
-__all__ = ["CropSampler", "DataConfig", "Dist", "TrainConfig", "TrainingDiverged", "configs_from_recipe",
-           "evaluate", "forward_backward", "load_trainer_state", "loss_fn", "lr_lambda", "make_optimizer",
+__all__ = ["CropSampler", "DataChanged", "DataConfig", "Dist", "TrainConfig", "TrainingDiverged",
+           "configs_from_recipe", "evaluate", "forward_backward", "load_trainer_state", "loss_fn", "lr_lambda", "make_optimizer",
            "open_data", "prepare_run_dir", "save_checkpoint", "split_segments", "train", "use_bf16", "val_crops"]

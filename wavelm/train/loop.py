@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, 
 from wavelm.files import atomic_write_text, hold_lock
 from wavelm.decode.fast import use_lpc_kernel
 from wavelm.hardware import machine
+from wavelm.interrupt import Interrupted, deferred_stop
 from wavelm.model.config import ModelConfig
 from wavelm.model.lm import WaveLM, load_model
 
 from .config import DataConfig, TrainConfig
 from .distributed import Dist, device_for
-from .rundir import (LOCK_NAME, Metrics, load_trainer_state, open_data, prepare_run_dir, rng_state,
-                     save_checkpoint, set_rng_state)
+from .rundir import (DATA_CHANGED, LOCK_NAME, Metrics, frozen_splits, load_trainer_state, open_data,
+                     open_run_data, prepare_run_dir, read_split, rng_state, save_checkpoint,
+                     set_rng_state, with_splits)
 
 log = logging.getLogger("wavelm.train")
 
@@ -123,14 +126,20 @@ def evaluate(model, pieces, cfg: TrainConfig, seq_len: int, device, dist: Dist) 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig, data, out, resume: bool = False, *,
           data_cfg: DataConfig | None = None, overwrite: bool = False, stop_at: int | None = None,
-          progress: bool = True, on_start=None) -> dict:
+          progress: bool = True, on_start=None, data_changed: str = "refuse") -> dict:
     """Train `model_cfg` on `data` (TokenCache, cache dir or audio folder) into the run dir `out`.
 
-    resume: continue from out/last (the model config must match). stop_at: stop cleanly after
-    that step (saving last/), as if interrupted. on_start(info): called on rank 0 with a dict
-    describing the run before the first step. Returns a summary dict (rank 0's view).
+    resume: continue from out/last (the model config must match) on the split frozen in
+    out/split.json at the run's start: data that changed since is refused (DataChanged) unless
+    data_changed="ok", which keeps the frozen split (files added since train only).
+    stop_at: stop cleanly after that step (saving last/), as if interrupted. SIGINT or SIGTERM
+    ends the current step, saves last/ and raises wavelm.interrupt.Interrupted (a
+    KeyboardInterrupt). on_start(info): called on rank 0 with a dict describing the run before
+    the first step. Returns a summary dict (rank 0's view).
     """
     out = Path(out).expanduser().resolve()
+    if data_changed not in DATA_CHANGED:
+        raise ValueError(f"data_changed must be one of {', '.join(DATA_CHANGED)}, got {data_changed!r}")
     data_cfg = data_cfg or DataConfig(path=str(data) if not hasattr(data, "meta") else "")
     device_type = "cuda" if cfg.device.startswith("cuda") or (
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -141,12 +150,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data, out, resume: bool = Fa
         # one owner per run folder: rank 0 holds RUN/.wavelm.lock before anything is written
         with hold_lock(out / LOCK_NAME, out) if dist.rank == 0 else contextlib.nullcontext():
             return _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress,
-                          on_start, dist)
+                          on_start, dist, data_changed)
     finally:
         dist.close()
 
 
-def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress, on_start, dist):
+def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress, on_start, dist,
+           data_changed):
     t_start = time.monotonic()
     device = device_for(cfg, dist.local_rank, dist.world)
     if device.type == "cpu" and cfg.threads:
@@ -160,10 +170,14 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
     rank0 = dist.rank == 0
 
     def setup():
-        ckpt = prepare_run_dir(out, resume, overwrite) if rank0 else (out / "last" if resume else None)
-        return ckpt, open_data(data, out, data_cfg, progress=progress and rank0)
+        if not rank0:
+            return (out / "last" if resume else None), open_data(data, out, data_cfg, progress=False)
+        ckpt = prepare_run_dir(out, resume, overwrite)
+        frozen = read_split(out) if ckpt is not None else None
+        return ckpt, open_run_data(data, out, data_cfg, frozen, data_changed, progress=progress)
 
     ckpt, cache = dist.rank0_first(setup)
+    cache = with_splits(cache, frozen_splits(cache, read_split(out)))   # RUN/split.json, by rank 0
     if cache.sample_rate != model_cfg.sample_rate:
         log.info("model sample_rate %d -> %d (the data's)", model_cfg.sample_rate, cache.sample_rate)
         model_cfg = dataclasses.replace(model_cfg, sample_rate=cache.sample_rate)
@@ -274,51 +288,65 @@ def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, prog
         evaluated = step
         return improved
 
-    try:
-        while step < cfg.steps:
-            if stop_at is not None and step >= stop_at:
-                stopped = "stop_at"
-                break
-            batches = [sampler.batch(step, m, cfg.batch_size) for m in range(cfg.accum)]
-            loss, gnorm = forward_backward(model, batches, cfg, device, ddp.no_sync if ddp else None)
-            over = rank0 and cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60
-            loss_sum, gnorm, over = dist.all_sum([loss.item(), gnorm.item(), float(over)], device)
-            if not (math.isfinite(loss_sum) and math.isfinite(gnorm)):
-                raise TrainingDiverged(_diverged_message(out, step + 1, loss_sum, gnorm))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            loss_log += loss_sum / dist.world
-            n_log += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                dt = time.monotonic() - t_log
-                tok_s = n_log * tokens_per_step / max(dt, 1e-9)
-                train_bits = loss_log / n_log / LN2
-                if metrics:
-                    metrics.write({"event": "train", "step": step, "loss_bits": train_bits,
-                                   "lr": sched.get_last_lr()[0], "grad_norm": gnorm / dist.world,
-                                   "tokens_per_s": tok_s, "elapsed_s": time.monotonic() - t_start,
-                                   "time": time.time()})
-                t_log, n_log, loss_log = time.monotonic(), 0, 0.0
-            improved = step % cfg.eval_every == 0 and validate()
-            if improved or step % save_every == 0:
-                checkpoint(val_bits, with_state=step % save_every == 0, as_best=improved)
-                saved = step if step % save_every == 0 else saved
-            if step % cfg.log_every == 0 or step == evaluated:
-                bar.set_postfix_str(f"loss {_fmt(train_bits)} b  val {_fmt(val_bits)} b  {tok_s:,.0f} tok/s")
-            if over:
-                stopped = "time"
-                break
-        # the end, a time budget or stop_at: the final step is validated and saved
-        improved = evaluated != step and validate()
-        if saved != step or improved:
-            checkpoint(val_bits, with_state=saved != step, as_best=improved)
-    finally:
-        bar.close()
-        if metrics:
-            metrics.close()
+    with deferred_stop() as stop:   # SIGINT/SIGTERM: end the step, save last/, then Interrupted
+        try:
+            while step < cfg.steps:
+                if stop_at is not None and step >= stop_at:
+                    stopped = "stop_at"
+                    break
+                batches = [sampler.batch(step, m, cfg.batch_size) for m in range(cfg.accum)]
+                loss, gnorm = forward_backward(model, batches, cfg, device, ddp.no_sync if ddp else None)
+                over = rank0 and cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60
+                halt = stop.signum is not None
+                loss_sum, gnorm, over, halt = dist.all_sum([loss.item(), gnorm.item(), float(over), float(halt)],
+                                                           device)
+                if not (math.isfinite(loss_sum) and math.isfinite(gnorm)):
+                    raise TrainingDiverged(_diverged_message(out, step + 1, loss_sum, gnorm))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                loss_log += loss_sum / dist.world
+                n_log += 1
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    dt = time.monotonic() - t_log
+                    tok_s = n_log * tokens_per_step / max(dt, 1e-9)
+                    train_bits = loss_log / n_log / LN2
+                    if metrics:
+                        metrics.write({"event": "train", "step": step, "loss_bits": train_bits,
+                                       "lr": sched.get_last_lr()[0], "grad_norm": gnorm / dist.world,
+                                       "tokens_per_s": tok_s, "elapsed_s": time.monotonic() - t_start,
+                                       "time": time.time()})
+                    t_log, n_log, loss_log = time.monotonic(), 0, 0.0
+                improved = step % cfg.eval_every == 0 and validate()
+                if improved or step % save_every == 0:
+                    checkpoint(val_bits, with_state=step % save_every == 0, as_best=improved)
+                    saved = step if step % save_every == 0 else saved
+                if step % cfg.log_every == 0 or step == evaluated:
+                    bar.set_postfix_str(f"loss {_fmt(train_bits)} b  val {_fmt(val_bits)} b  {tok_s:,.0f} tok/s")
+                if over:
+                    stopped = "time"
+                    break
+                if halt:
+                    stopped = "signal"
+                    break
+            if stopped == "signal":   # save last/ now; no validation (the next one comes when it is due)
+                if saved != step:
+                    checkpoint(val_bits)
+            else:   # the end, a time budget or stop_at: the final step is validated and saved
+                improved = evaluated != step and validate()
+                if saved != step or improved:
+                    checkpoint(val_bits, with_state=saved != step, as_best=improved)
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+    if stopped == "signal":
+        if rank0:
+            log.info("stopped by %s at step %d: %s saved; continue with --resume",
+                     signal.Signals(stop.signum or signal.SIGTERM).name, step, out / "last")
+        raise Interrupted(stop.signum or signal.SIGTERM)
     return {"step": step, "stopped": stopped, "val_bits": val_bits, "best_val_bits": best,
             "best_step": best_step, "tokens_per_s": tok_s, "params": net.num_parameters(),
             "elapsed_s": time.monotonic() - t_start, "out": str(out), "best": str(out / "best"),

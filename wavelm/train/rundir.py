@@ -2,7 +2,9 @@
 log, refusing to overwrite a run by accident, and the token cache of the run's data."""
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 import os
 import secrets
@@ -12,7 +14,7 @@ from pathlib import Path
 import torch
 
 from wavelm.checkpoint import CheckpointError, save_model
-from wavelm.data.folder import TokenCache, prepare_folder
+from wavelm.data.folder import SPLITS, TokenCache, prepare_folder, scan_audio
 from wavelm.data.youtubemix import prepare_youtubemix
 from wavelm.files import atomic_write, atomic_write_text, publish_dir, recover_dir
 from wavelm.model.config import ModelConfig
@@ -20,8 +22,12 @@ from wavelm.model.lm import load_model
 
 from .config import DataConfig
 
-RUN_FILES = ("run.json", "metrics.jsonl", "last", "best", "tb")
+RUN_FILES = ("run.json", "metrics.jsonl", "last", "best", "tb", "split.json")
 LOCK_NAME = ".wavelm.lock"   # held by the run's one writer (files.hold_lock), removed when it ends
+SPLIT_NAME = "split.json"    # the files the run trains and validates on, frozen at its start
+DATA_CHANGED = ("refuse", "ok")
+
+log = logging.getLogger("wavelm.train")
 
 
 def _recover(final: Path):
@@ -85,7 +91,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool):
     # hidden entries are wavelm's own: the lock, scratch folders of killed runs
     present = sorted(p.name for p in out.iterdir() if p.name != "cache" and not p.name.startswith(".")) \
         if out.is_dir() else []
-    started = set(present) - {"run.json", "metrics.jsonl", "tb"}  # a run with no checkpoint is no loss
+    # a run with no checkpoint is no loss
+    started = set(present) - {"run.json", "metrics.jsonl", "tb", SPLIT_NAME}
     if started and not overwrite:
         what = "a wavelm run" if set(present) & set(RUN_FILES) else "not empty"
         raise ValueError(f"{out}: exists ({what}); pass --resume to continue it or --overwrite "
@@ -146,3 +153,117 @@ def open_data(data, out: Path, data_cfg: DataConfig, progress: bool = True):
         return prepare_youtubemix(path, cache_dir, quantization=data_cfg.quantization or "s4",
                                   sample_rate=data_cfg.sample_rate, progress=progress)
     return prepare_folder(path, cache_dir, sample_rate=data_cfg.sample_rate, progress=progress)
+
+
+# ----------------------------------------------------------------------------- the frozen split
+
+class DataChanged(ValueError):
+    """The run's data changed since the run started: resuming would train on another split."""
+
+
+def _stats(entries) -> dict:
+    return {e["path"]: (int(e.get("size", -1)), float(e.get("mtime", -1))) for e in entries}
+
+
+def read_split(out: Path) -> dict | None:
+    """The run's frozen split ({"files": [{path, split, size, mtime}], "skipped": [...]}), or
+    None for a run started before wavelm froze splits."""
+    p = out / SPLIT_NAME
+    if not p.is_file():
+        return None
+    try:
+        frozen = json.loads(p.read_text())
+        _stats(frozen["files"] + frozen["skipped"])
+        bad = [f["path"] for f in frozen["files"] if f["split"] not in SPLITS]
+        if bad:
+            raise ValueError(f"unknown split for {bad[0]}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{p}: unreadable split file ({e}); start again with --overwrite") from None
+    return frozen
+
+
+def write_split(out: Path, cache, splits: dict) -> None:
+    """Freeze `splits` ({path: split}) of the cache's files, with the sizes and mtimes of the
+    source files, in RUN/split.json (atomically)."""
+    files = [{"path": f["path"], "split": splits[f["path"]], "size": f.get("size", -1),
+              "mtime": f.get("mtime", -1)} for f in cache.meta["files"]]
+    skipped = [{"path": s["path"], "size": s.get("size", -1), "mtime": s.get("mtime", -1)}
+               for s in cache.meta["skipped"]]
+    atomic_write_text(out / SPLIT_NAME, json.dumps({"version": 1, "source": cache.source, "files": files,
+                                                    "skipped": skipped}, indent=1) + "\n")
+
+
+def data_changes(frozen: dict, now: dict) -> dict:
+    """{"removed", "added", "modified"}: lists of paths, between two {path: (size, mtime)}."""
+    was = _stats(frozen["files"] + frozen["skipped"])
+    return {"removed": sorted(set(was) - set(now)), "added": sorted(set(now) - set(was)),
+            "modified": sorted(p for p in set(was) & set(now) if was[p] != now[p])}
+
+
+def check_data(where, frozen: dict, now: dict, data_changed: str) -> dict:
+    """DataChanged naming (some of) the files that changed since the run froze its split, unless
+    data_changed == "ok". Returns the changes."""
+    changes = data_changes(frozen, now)
+    if any(changes.values()) and data_changed != "ok":
+        def some(paths):
+            return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+        what = "; ".join(f"{k} {len(v)}: {some(v)}" for k, v in changes.items() if v)
+        raise DataChanged(f"{where}: audio files changed since this run started ({what}); resuming "
+                          "would reshuffle the train/val split. Restore them, or pass --data-changed ok "
+                          "to keep the run's split (new files train only)")
+    return changes
+
+
+def scan_stats(path: Path) -> dict:
+    """{relpath: (size, mtime)} of the audio files under an audio folder, as prepare_folder sees them."""
+    return {rel: (int(size), float(mtime)) for rel, _, size, mtime in scan_audio(path)}
+
+
+def frozen_splits(cache, frozen: dict | None) -> dict:
+    """{path: split} for the cache's files: the frozen split where the run has one, train for
+    files added since (so nothing trained on ever becomes validation, and back)."""
+    was = {} if frozen is None else {f["path"]: f["split"] for f in frozen["files"]}
+    return {f["path"]: was.get(f["path"], "train" if frozen else f["split"]) for f in cache.meta["files"]}
+
+
+def with_splits(cache, splits: dict):
+    """`cache` itself when its splits are `splits`, else a copy whose metadata uses them."""
+    if all(f["split"] == splits[f["path"]] for f in cache.meta["files"]):
+        return cache
+    files = [dict(f, split=splits[f["path"]]) for f in cache.meta["files"]]
+    used = sorted({f["split"] for f in files} | set(cache.meta["splits"]))
+    hours = {s: sum(f["num_samples"] for f in files if f["split"] == s) / cache.sample_rate / 3600
+             for s in used}
+    hours["total"] = sum(hours.values())
+    out = copy.copy(cache)
+    out.meta = {**cache.meta, "files": files, "hours": hours,
+                "splits": {s: sum(f["split"] == s for f in files) for s in used}}
+    return out
+
+
+def open_run_data(data, out: Path, data_cfg: DataConfig, frozen: dict | None, data_changed: str,
+                  progress: bool = True):
+    """open_data for a run (rank 0): with a frozen split (a resumed run), an audio folder is
+    compared with it before its cache is rebuilt, and any data with the cache's file list;
+    DataChanged unless data_changed == "ok". Writes RUN/split.json: the frozen split, plus the
+    files added since (train only). Returns the TokenCache."""
+    path = None if isinstance(data, TokenCache) else Path(data).expanduser()
+    if frozen is not None and data_cfg.format == "folder" and path is not None \
+            and not (path / "meta.json").is_file():
+        check_data(path, frozen, scan_stats(path), data_changed)   # before a rebuild replaces the cache
+    cache = open_data(data, out, data_cfg, progress=progress)
+    if frozen is None:
+        write_split(out, cache, frozen_splits(cache, None))
+        return cache
+    changes = check_data(path or cache.path, frozen, _stats(cache.meta["files"] + cache.meta["skipped"]),
+                         data_changed)
+    if any(changes.values()):
+        splits = frozen_splits(cache, frozen)
+        gone = [f["path"] for f in frozen["files"] if f["split"] != "train" and f["path"] not in splits]
+        log.warning("%s: data changed since the run started (%s); keeping the run's split, new files "
+                    "train only%s", path or cache.path,
+                    ", ".join(f"{k} {len(v)}" for k, v in changes.items() if v),
+                    f"; {len(gone)} held-out files are gone, so validation numbers change" if gone else "")
+        write_split(out, cache, splits)
+    return cache

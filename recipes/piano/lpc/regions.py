@@ -7,7 +7,9 @@ each detected onset, excluded from the other two).
         --configs piano piano_lpc piano_lpc_narrow --splits test unseen --max-files 8
 
 Each config's seeds (OUT/<config>/seed<k>/best) are pooled: the bits of all its seeds over the
-same files. Prints a markdown table per split; `--json` keeps the numbers.
+same files. The files are those compare.py scores with the same `--eval-max-files` (spread
+evenly over the split), so `--configs` with no names gives the adaptive LPC's bits on exactly
+the study's files. Prints a markdown table per split; `--json` keeps the numbers.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="data/piano", help="rendered folder (DIR/<split>/*.wav)")
     ap.add_argument("--runs", default="runs/lpc", help="the study's folder (compare.py --out)")
-    ap.add_argument("--configs", nargs="+", default=["piano", "piano_lpc", "piano_lpc_narrow"])
+    ap.add_argument("--configs", nargs="*", default=["piano", "piano_lpc", "piano_lpc_narrow"],
+                    help="the study's configs (none: the adaptive LPC alone)")
     ap.add_argument("--splits", nargs="+", default=["test", "unseen"])
     ap.add_argument("--max-files", type=int, default=8, help="files spread over each split (default 8)")
     ap.add_argument("--json", default=None, help="write the numbers here")
