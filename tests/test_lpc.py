@@ -244,3 +244,16 @@ def test_training_step_with_the_kernel_has_gradients():
     assert all(g.abs().sum() > 0 for g in grads[0].values())
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_model_with_the_kernel_follows_eager():
+    """train --compile: the numba step is a graph break for torch.compile, not a trace."""
+    from wavelm.decode.fast import use_lpc_kernel
+
+    model = make(dtype=torch.float32)
+    use_lpc_kernel(model)
+    x = tone(200)
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -78,6 +78,7 @@ class FastDecoder:
         return self.state.nbytes()
 
 
+@torch.compiler.disable          # numpy and numba inside: a graph break, not a trace (train --compile)
 def lpc_kernel(lpc, tokens: torch.Tensor, state, dtype):
     """The LPC path of WaveLM.forward on CPU through the numba step (kernels.lpc_run), the same
     numbers as the torch module (tests/test_lpc.py): (codes (B, T) int64, features (B, T, 2),
