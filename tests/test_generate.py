@@ -224,3 +224,42 @@ def test_cli_bad_input_exits_2_with_one_line(checkpoint, tmp_path, capsys, extra
     assert rc == 2
     assert err.count("\n") == 1 and match in err and "Traceback" not in err
     assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize("arch, pool, kw", [("conformer", [2, 3], {}), ("conv/conv/conformer", [2, 3],
+                                            {"lpc_order": 3, "lpc_window": 12, "lpc_hop": 6})], ids=["pooled", "lpc"])
+def test_a_shared_prompt_is_prefilled_once_for_every_stream(arch, pool, kw):
+    """Prompt memory and time do not grow with the number of streams: one stream is prefilled
+    and its state broadcast, the same state as prefilling every stream."""
+    from wavelm.audio import mulaw_encode
+    from wavelm.generation import prefill
+
+    model = make(arch, pool, **kw)
+    tokens = torch.from_numpy(mulaw_encode(sine(50)))[None]                  # (1, N): shared
+    with torch.no_grad():
+        once, tok1, fed1 = prefill(model, tokens, 3)
+        each, tok3, fed3 = prefill(model, tokens.expand(3, -1).clone(), 3)
+    assert fed1 == fed3 and torch.equal(tok1, tok3) and once.batch_size == 3
+    torch.testing.assert_close(once.floats, each.floats, rtol=0, atol=1e-12)
+    assert torch.equal(once.ints, each.ints)
+
+
+def test_cli_writes_as_it_generates_the_same_audio_as_the_api(checkpoint, tmp_path):
+    """Long outputs are appended to their files chunk by chunk (memory bounded in --seconds),
+    and hold exactly the API's audio (16-bit PCM)."""
+    import soundfile as sf
+
+    from wavelm import WaveLM, generate
+    from wavelm.audio import save_audio
+    from wavelm.cli import main
+
+    out = tmp_path / "x.wav"
+    assert main(["generate", "--checkpoint", str(checkpoint), "--seconds", "0.6", "--num-samples", "2",
+                 "--seed", "4", "-o", str(out), "--no-progress"]) == 0
+    want = generate(WaveLM.from_pretrained(checkpoint), seconds=0.6, batch_size=2, seed=4)
+    for i in range(2):
+        save_audio(tmp_path / "ref" / f"{i}.wav", want[i])                    # written in one piece
+        got, sr = sf.read(tmp_path / f"x_{i}.wav", dtype="int16")
+        assert sr == 16000 and len(got) == 9600
+        np.testing.assert_array_equal(got, sf.read(tmp_path / "ref" / f"{i}.wav", dtype="int16")[0])
+    assert not list(tmp_path.glob(".*"))                                    # no temp files left

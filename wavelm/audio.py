@@ -10,6 +10,7 @@ clipped to [-1, 1] (a clipped waveform is still a waveform; NaN is a bug upstrea
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from wavelm.files import AUDIO_OUT, atomic_write_path, check_output
+from wavelm.files import AUDIO_OUT, atomic_path, atomic_write_path, check_output
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,28 @@ def iter_audio(path, sample_rate: int = 16000, block_seconds: float = 30.0) -> I
                 yield _finish(np.ascontiguousarray(x, dtype=np.float32), p)
             if last:
                 return
+
+
+@contextlib.contextmanager
+def audio_writers(paths, sample_rate: int = 16000, subtype: str = "PCM_16"):
+    """`with audio_writers([a.wav, b.wav], sr) as write: write(i, chunk)` appends float mono audio
+    to file i as it is made, so memory does not grow with the length; every file is written at a
+    temp path and renamed into place when the block ends (removed if it fails)."""
+    import soundfile as sf
+
+    with contextlib.ExitStack() as stack:
+        files = []
+        for path in paths:
+            p = check_output(path, AUDIO_OUT)
+            fmt = p.suffix[1:].upper()
+            tmp = stack.enter_context(atomic_path(p))
+            files.append(stack.enter_context(sf.SoundFile(os.fsencode(tmp), "w", sample_rate, 1, format=fmt,
+                                                          subtype=subtype if fmt == "WAV" else None)))
+
+        def write(i: int, chunk) -> None:
+            files[i].write(np.clip(np.asarray(chunk, dtype=np.float32), -1.0, 1.0))
+
+        yield write
 
 
 def save_audio(path, audio, sample_rate: int = 16000, subtype: str = "PCM_16") -> Path:

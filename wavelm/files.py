@@ -156,16 +156,18 @@ def _sndfile_reason(e: Exception, folder: Path) -> str:
     return f"write failed ({(getattr(e, 'error_string', None) or str(e)).rstrip('.')})"
 
 
-def atomic_write_path(path, write_fn):
-    """Call write_fn(tmp_path) to write the whole file at a temp path next to `path`, fsync it,
-    then rename it into place. OSError (and soundfile's errors) while writing become
-    OutputError naming `path`. Writers given a path report a full disk as an error, where
-    soundfile's virtual I/O through a Python file object cannot (its callbacks do not raise)."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """`with atomic_path(out) as tmp:` write the whole file at `tmp` (a temp path next to `out`);
+    on leaving, it is fsynced and renamed into place. OSError (and soundfile's errors) while
+    writing become OutputError naming `out`; on any error the temp file is removed. Writers
+    given a path report a full disk as an error, where soundfile's virtual I/O through a Python
+    file object cannot (its callbacks do not raise)."""
     path = _write_target(Path(path))
     tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_fn(tmp)
+        yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -183,7 +185,14 @@ def atomic_write_path(path, write_fn):
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-    return path
+
+
+def atomic_write_path(path, write_fn):
+    """Call write_fn(tmp_path) to write the whole file at a temp path next to `path`, then
+    rename it into place (`atomic_path`). Returns the path written (a symlink's target)."""
+    with atomic_path(path) as tmp:
+        write_fn(tmp)
+    return _write_target(Path(path))
 
 
 def atomic_write(path, write_fn, mode="wb"):

@@ -28,6 +28,7 @@ import torch
 from wavelm.audio import ZERO, load_audio, mulaw_decode, mulaw_encode
 from wavelm.decode import Noise, Sampling, make_decoder
 from wavelm.model.lm import inference
+from wavelm.model.state import broadcast_into
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def check_args(seconds=None, batch_size=1, temperature=1.0, top_p=1.0, top_k=Non
 # ----------------------------------------------------------------------------- prompt
 
 def prompt_tokens(prompt, batch_size: int, sample_rate: int) -> torch.Tensor | None:
-    """A prompt (path, or float waveform (N,) or (B, N) at `sample_rate`) -> tokens (B, N)."""
+    """A prompt (path, or float waveform (N,) or (B, N) at `sample_rate`) -> tokens (B, N), or
+    (1, N) when every stream shares it (prefill then runs it once, whatever the batch)."""
     if prompt is None:
         return None
     if isinstance(prompt, (str, Path)):
@@ -89,10 +91,9 @@ def prompt_tokens(prompt, batch_size: int, sample_rate: int) -> torch.Tensor | N
         if x.dtype.kind not in "fiu":
             raise ValueError(f"prompt must be a float waveform, got dtype {x.dtype}")
     if x.ndim == 1:
-        x = np.broadcast_to(x, (batch_size, x.shape[0]))
+        x = x[None]
     if x.ndim != 2 or x.shape[0] not in (1, batch_size):
         raise ValueError(f"prompt must be (N,) or ({batch_size}, N), got shape {x.shape}")
-    x = np.broadcast_to(x, (batch_size, x.shape[1]))
     if x.shape[1] == 0:
         raise ValueError(f"{where}: holds no samples")
     if not np.isfinite(x).all():
@@ -109,11 +110,15 @@ def prefill(model, tokens: torch.Tensor | None, batch_size: int, chunk: int = PR
     if tokens is None:
         return state, torch.full((batch_size,), ZERO, dtype=torch.int64, device=device), 0
     tokens = tokens.to(device)
-    inputs = torch.cat([torch.full((batch_size, 1), ZERO, dtype=torch.int64, device=device),
+    shared = tokens.shape[0] == 1 and batch_size > 1     # one prompt for every stream: feed it once
+    inputs = torch.cat([torch.full((tokens.shape[0], 1), ZERO, dtype=torch.int64, device=device),
                         tokens[:, :-1]], dim=1)
+    fed = state if not shared else model.init_state(1)
     for t in range(0, inputs.shape[1], chunk):
-        model(inputs[:, t:t + chunk], state=state)
-    return state, tokens[:, -1].clone(), inputs.shape[1]
+        model(inputs[:, t:t + chunk], state=fed)
+    if shared:
+        broadcast_into(fed, state)
+    return state, tokens[:, -1].expand(batch_size).clone(), inputs.shape[1]
 
 
 # ----------------------------------------------------------------------------- public API

@@ -80,9 +80,8 @@ def output_paths(output: str, n: int) -> list[Path]:
 
 def run(args) -> int:
     check_args(args)
-    import numpy as np
 
-    from wavelm.audio import load_audio, save_audio
+    from wavelm.audio import audio_writers, load_audio
     from wavelm.model.lm import load_model
     from wavelm.generation import stream
 
@@ -99,14 +98,20 @@ def run(args) -> int:
     chunks = stream(model, args.seconds, batch_size=args.num_samples, temperature=args.temperature,
                     top_p=args.top_p, top_k=args.top_k, seed=args.seed, prompt=prompt, progress=progress,
                     backend=args.backend, threads=threads)
-    audio = np.concatenate(list(chunks), axis=1)                     # (N, samples)
-    took = time.perf_counter() - t0
-    if args.keep_prompt:
-        audio = np.concatenate([np.broadcast_to(prompt, (audio.shape[0], len(prompt))), audio], axis=1)
     paths = output_paths(args.output, args.num_samples)
-    for path, x in zip(paths, audio):
-        save_audio(path, x, sr)
-    n = audio.shape[1]
+    n = 0
+    # written as it is made: memory does not grow with --seconds (each file is renamed into
+    # place at the end, complete, or removed)
+    with audio_writers(paths, sr) as write:
+        if args.keep_prompt:
+            for i in range(len(paths)):
+                write(i, prompt)
+            n += len(prompt)
+        for chunk in chunks:                                         # (N, samples)
+            for i, x in enumerate(chunk):
+                write(i, x)
+            n += chunk.shape[1]
+    took = time.perf_counter() - t0
     gen = round(args.seconds * sr)
     print(f"wrote {', '.join(map(str, paths))}: {args.num_samples} x {n / sr:.2f} s at {sr} Hz "
           f"(generated {args.num_samples} x {gen} samples in {took:.1f} s, {gen / took / sr:.2f}x real time)")

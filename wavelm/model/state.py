@@ -178,6 +178,30 @@ class State:
                 n.mass[idx] = 0
 
 
+def broadcast_into(src: "State", dst: "State") -> None:
+    """Copy a one-stream state into every stream of `dst` (a fresh state of the same model with
+    B streams): a prompt shared by all streams is prefilled once, not B times."""
+    if src.batch_size != 1:
+        raise ValueError(f"broadcast_into takes a one-stream state, got batch {src.batch_size}")
+    for s, d in zip(_leaves((src.stack, src.lpc)), _leaves((dst.stack, dst.lpc))):
+        d.copy_(s if s.shape == d.shape else s.expand_as(d))     # batch-first leaves: (1, ...) -> (B, ...)
+
+
+def _leaves(o):
+    """Every tensor of a state tree, in its fixed order."""
+    if isinstance(o, torch.Tensor):
+        yield o
+    elif dataclasses.is_dataclass(o):
+        for f in dataclasses.fields(o):
+            yield from _leaves(getattr(o, f.name))
+    elif isinstance(o, (list, tuple)):
+        for x in o:
+            yield from _leaves(x)
+    elif isinstance(o, dict):
+        for x in o.values():
+            yield from _leaves(x)
+
+
 def zero_state(module, batch_size: int, device, dtype):
     """A zero state tree for one module (a fresh stream through a module that needs one)."""
     alloc = Alloc(batch_size, device, dtype)
