@@ -441,3 +441,68 @@ def test_fuzz_generate_numeric_flags(work, tmp_path_factory, capsys, flag, value
     assert rc in (0, 2) and "Traceback" not in err, err
     if rc == 0 and flag == "--seconds":
         assert float(value) <= 600
+
+
+# ----------------------------------------------------------------------------- bounded resources
+
+def test_memory_estimate_refuses_before_the_work(work, monkeypatch, capsys):
+    """More streams than memory: refused with the numbers, naming the flags, nothing written."""
+    import wavelm
+    from wavelm import hardware
+    from wavelm.model.lm import load_model
+
+    monkeypatch.setattr(hardware, "available_memory", lambda: 64 << 20)      # 64 MiB left
+    model = load_model(work / "ck")
+    with pytest.raises(ValueError, match="available"):
+        wavelm.generate(model, seconds=600, batch_size=64)
+    wavelm.generate(model, seconds=0.01)                                     # small: fine
+    out = work / "mem.wav"
+    assert main(["generate", "--checkpoint", str(work / "ck"), "--seconds", "600", "--num-samples", "8",
+                 "--best-of", "8", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--num-samples x --best-of" in err and "MiB is available" in err and "Traceback" not in err
+    assert not list(work.glob("mem*"))
+
+
+def test_prompt_longer_than_the_cap_is_refused(work, monkeypatch, capsys):
+    from wavelm import generation
+
+    monkeypatch.setattr(generation, "MAX_PROMPT_SECONDS", 0.1)
+    assert main(["generate", "--checkpoint", str(work / "ck"), "--prompt", str(work / "tone.wav"),
+                 "-o", str(work / "long.wav")]) == 2
+    assert "longer than 0.1 s" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="longer than"):
+        generation.prompt_tokens(np.zeros(SR), 1, SR)
+
+
+def test_read_only_package_caches_the_decoder_elsewhere(tmp_path, monkeypatch, caplog):
+    """No writable __pycache__: the numba cache goes to ~/.cache/wavelm/numba, said in one line,
+    never a silent fallback to the slow step."""
+    from wavelm.decode import fast
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")            # recorded, so the test's own setting is undone
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p).is_relative_to(pkg) else real(p, mode))
+    import numba
+
+    before = numba.config.CACHE_DIR
+    try:
+        with caplog.at_level("INFO", logger="wavelm.decode.fast"):
+            where = fast.cache_dir(pkg)
+        assert where == str(tmp_path / "cache" / "wavelm" / "numba") == os.environ["NUMBA_CACHE_DIR"]
+        assert "read-only" in caplog.text
+    finally:
+        numba.config.CACHE_DIR = before
+
+
+def test_float_samples_beyond_full_scale_are_clipped_with_a_warning(tmp_path, caplog):
+    from wavelm.audio import load_audio
+
+    sf.write(tmp_path / "loud.wav", np.linspace(-3, 3, 400, dtype=np.float32), SR, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="wavelm.audio"):
+        x = load_audio(tmp_path / "loud.wav", SR)
+    assert x.max() == 1.0 and "reach 3" in caplog.text and "clipped" in caplog.text

@@ -31,9 +31,9 @@ def write_tone(path, seed, n=1000):
 @pytest.fixture
 def one_worker(monkeypatch):
     """Runs prepare their folder in-process (no worker start-up in these tests)."""
-    import wavelm.train.rundir as rundir
+    import wavelm.data.folder as folder   # the folder format (wavelm/data/formats.py) calls it from there
 
-    monkeypatch.setattr(rundir, "prepare_folder", functools.partial(prepare_folder, workers=1))
+    monkeypatch.setattr(folder, "prepare_folder", functools.partial(prepare_folder, workers=1))
 
 
 # ----------------------------------------------------------------------------- A: frozen split

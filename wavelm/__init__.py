@@ -18,6 +18,7 @@ _EXPORTS = {
     "WaveLM": "wavelm.model.lm",
     "generate": "wavelm.generation",
     "stream": "wavelm.generation",
+    "Sampling": "wavelm.decode.sampling",
     "score": "wavelm.scoring",
     "ScoreResult": "wavelm.scoring",
 }

@@ -6,7 +6,8 @@ the state-spaces/s4 (SaShiMi) code base: min-max scaling and a floor-based quant
 
 Both accept numpy arrays or torch tensors and return the same kind they were given.
 Non-finite input (NaN, +-inf) is rejected with ValueError; finite values outside [-1, 1] are
-clipped to [-1, 1] (a clipped waveform is still a waveform; NaN is a bug upstream).
+clipped to [-1, 1] with one logged warning per file (a clipped waveform is still a waveform;
+NaN is a bug upstream).
 """
 from __future__ import annotations
 
@@ -138,9 +139,16 @@ def _read_f32(f, frames: int, p: Path) -> np.ndarray:
     return x.astype(np.float32)
 
 
+_WARNED: set = set()
+
+
 def _finish(x: np.ndarray, p: Path) -> np.ndarray:
     if not np.isfinite(x).all():
         raise AudioError(f"{p}: audio holds NaN or inf samples")
+    peak = float(np.abs(x).max(initial=0.0))
+    if peak > 1.01 and p not in _WARNED:             # a float file's overs: said once per file, not silent
+        _WARNED.add(p)
+        log.warning("%s: samples reach %.3g, beyond [-1, 1]: clipped", p, peak)
     return np.clip(x, -1.0, 1.0, out=x)
 
 

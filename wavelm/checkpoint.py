@@ -1,8 +1,9 @@
 """Checkpoints: a directory with `config.json` and `model.safetensors`, every file written
 atomically (temp file in the same directory, then os.replace).
 
-`Pretrained` is the mixin that gives WaveLM `from_pretrained` / `save_pretrained`; this module
-knows nothing of the model class beyond what the mixin is called on (no import cycle)."""
+`load_model` and `save_model` are plain functions on top of the model: this module imports
+WaveLM, and no module of wavelm/model/ imports this one when it loads (`WaveLM.from_pretrained`
+and `model.save_pretrained` are thin methods that reach these functions when called)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import torch
 from wavelm import __version__
 from wavelm.files import atomic_write, atomic_write_text
 from wavelm.model.config import ModelConfig
+from wavelm.model.lm import WaveLM
 
 FORMAT = 1
 CODECS = ("mulaw",)
@@ -84,20 +86,9 @@ def load_weights_into(model, source, path) -> None:
     model.load_state_dict(have)
 
 
-class Pretrained:
-    """Mixin: `Model.from_pretrained(path)` and `model.save_pretrained(path)`."""
-
-    @classmethod
-    def from_pretrained(cls, path=None, map_location="cpu", config=None):
-        """Load a checkpoint directory; `path=None` loads the bundled default model; `config`
-        (a ModelConfig), if given, must match the checkpoint's."""
-        return _load(cls, path, map_location, config)
-
-    def save_pretrained(self, path, extra: dict | None = None):
-        return save_model(self, path, extra=extra)
-
-
-def _load(WaveLM, path, map_location, config):
+def load_model(path=None, map_location="cpu", config=None) -> WaveLM:
+    """A checkpoint directory (None: the bundled default model) as a WaveLM in eval mode on
+    `map_location`; `config` (a ModelConfig), if given, must match the checkpoint's."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 

@@ -1,16 +1,23 @@
 """The `wavelm` command line: `wavelm prepare|train|generate|score|demo|bench`.
 
-Each subcommand lives in wavelm/commands/<name>.py with `add_parser(subparsers)` and
-`run(args) -> int`. Library code raises exceptions; this module turns user errors into one
+Each subcommand lives in wavelm/commands/<name>.py with `add_arguments(parser)` and
+`run(args) -> int`, imported only when it runs (wavelm/commands/_common.py). Library code raises
+exceptions; this module turns user errors (wavelm.errors.UserError, ValueError, ...) into one
 line on stderr and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
-from importlib import import_module
+
+# re-exported: the names commands and tests imported from here before
+from wavelm.commands._common import (GENERATION_FLAGS, Subcommands, add_sampling_arguments,  # noqa: F401
+                                     add_subcommands, check_device, check_generation_flags, flag_names, flag_of,
+                                     sampling_options)
+from wavelm.errors import UserError
 
 # name -> one-line description (shown by `wavelm --help`)
 COMMANDS = {
@@ -23,65 +30,19 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
-def check_device(device: str) -> None:
-    """UserError for a device this machine does not have (before any weights are read)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device}: not a device name (cpu, cuda, cuda:1, ...)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: only cpu and cuda are supported")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is available on this machine")
-
-
-# the API argument each generation flag feeds (wavelm.generation.check_args names the argument)
-GENERATION_FLAGS = {"seconds": "--seconds", "batch_size": "--num-samples", "temperature": "--temperature",
-                    "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed"}
-
-
-def check_generation_flags(seconds=None, batch_size=1, temperature=1.0, top_p=1.0, top_k=None, seed=0) -> dict:
-    """wavelm.generation.check_args, its ValueError turned into a UserError naming the flag."""
-    from wavelm.generation import check_args
-
-    try:
-        return check_args(seconds, batch_size, temperature, top_p, top_k, seed)
-    except ValueError as e:
-        name, _, rest = str(e).partition(" ")
-        raise UserError(f"{GENERATION_FLAGS.get(name, name)} {rest}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; `lazy`: a command's module is imported only when it is chosen (what
+    `main` does, so that `wavelm --help` imports no command, and no torch)."""
     p = argparse.ArgumentParser(prog="wavelm", description="Autoregressive raw-audio waveform LMs.")
+    p.register("action", "parsers", functools.partial(Subcommands, lazy=lazy))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_subcommands(sub, "wavelm.commands.", COMMANDS, "_run")
     return p
 
 
-def add_subcommands(sub, prefix: str, table: dict, key: str):
-    """One subparser per module `prefix + name` (with `add_arguments`/`run`) that exists;
-    its `run` is stored in args.<key>."""
-    for name, desc in table.items():
-        try:
-            mod = import_module(prefix + name)
-        except ModuleNotFoundError as e:
-            if e.name != prefix + name:
-                raise
-            continue
-        sp = sub.add_parser(name, help=desc, description=desc)
-        mod.add_arguments(sp)
-        sp.set_defaults(**{key: mod.run})
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args = parser.parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):   # file names that are not UTF-8 print
         sys.stdout.reconfigure(errors="backslashreplace")   # escaped, as on stderr, never crash

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from wavelm.audio import AudioError, audio_info, load_audio
-from wavelm.generation import check_args, stream
+from wavelm.generation import check_args, generate, stream
 from wavelm.plot import plot_score
 from wavelm.scoring import score
 
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MAX_SECONDS = 60.0          # audio per generation
 MAX_SAMPLES = 4             # samples generated at once (one player each)
+MAX_BEST_OF = 8             # candidates per sample (best-of)
+MAX_BEST_STREAMS = MAX_SAMPLES * MAX_BEST_OF
 MAX_PROMPT_SECONDS = 30.0   # prompt upload or recording
 MAX_SCORE_SECONDS = 600.0   # file to score (10 minutes)
 MAX_FILE_SIZE = "200mb"     # uploads larger than this are refused by Gradio itself
@@ -179,19 +181,26 @@ def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
     return x
 
 
-def check_generate_args(seconds, samples, temperature, top_p, seed) -> tuple:
+def check_generate_args(seconds, samples, temperature, top_p, seed, **options) -> tuple:
     """Validate the Generate tab's values (they may come from the API, not the sliders) with
-    the same rules as the CLI and the Python API (wavelm.generation.check_args)."""
+    the same rules as the CLI and the Python API (wavelm.generation.check_args): (seconds,
+    samples, seed, Sampling). `options`: more Sampling fields (tonal_temperature 0: off)."""
     if isinstance(seed, float) and seed.is_integer():    # gr.Number sends floats
         seed = int(seed)
     if isinstance(samples, float) and samples.is_integer():
         samples = int(samples)
+    if options.get("tonal_temperature") == 0:
+        options["tonal_temperature"] = None
+    if isinstance(options.get("best_of"), float) and options["best_of"].is_integer():
+        options["best_of"] = int(options["best_of"])
     try:
-        a = check_args(seconds, samples, temperature, top_p, None, seed, max_seconds=MAX_SECONDS,
-                       max_batch_size=MAX_SAMPLES)
+        a, sampling = check_args(seconds, samples, seed, None, max_seconds=MAX_SECONDS, max_batch_size=MAX_BEST_STREAMS,
+                                 temperature=temperature, top_p=top_p, **options)
+        if a["batch_size"] > MAX_SAMPLES:
+            raise ValueError(f"batch_size must be an integer from 1 to {MAX_SAMPLES}, got {a['batch_size']}")
     except ValueError as e:
         raise InputError(str(e).replace("batch_size", "number of samples")) from None
-    return a["seconds"], a["batch_size"], a["temperature"], a["top_p"], a["seed"]
+    return a["seconds"], a["batch_size"], a["seed"], sampling
 
 
 # ----------------------------------------------------------------------------- text and plots
@@ -300,10 +309,12 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
         if temp_dir is not None:
             prune_temp(temp_dir, keep=inputs)
 
-    def on_generate(seconds, samples, temperature, top_p, seed, prompt, progress=gr.Progress()):
+    def on_generate(seconds, samples, temperature, top_p, seed, prompt, min_p=0.0, floor=0.0,
+                    tonal_temperature=0.0, best_of=1, progress=gr.Progress()):
         try:
-            seconds, samples, temperature, top_p, seed = check_generate_args(
-                seconds, samples, temperature, top_p, seed)
+            seconds, samples, seed, sampling = check_generate_args(
+                seconds, samples, temperature, top_p, seed, min_p=min_p, floor=floor,
+                tonal_temperature=tonal_temperature, best_of=best_of)
             x_prompt = read_upload(prompt, sr, MAX_PROMPT_SECONDS, "prompts") if prompt else None
         except InputError as e:
             raise gr.Error(str(e)) from None
@@ -312,10 +323,14 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
         yield {status: "Starting... (the first run after installing compiles the fast decoder: "
                        "up to a minute)", **{p: None for p in players}}
         parts, done, t0 = [], 0, time.perf_counter()
+        kw = dict(batch_size=samples, seed=seed, prompt=x_prompt, sampling=sampling)
+        if sampling.best_of > 1:      # a candidate is chosen at the end: nothing to stream
+            progress(0.0, desc=f"generating {sampling.best_of} candidates per sample")
+            chunks = [generate(model, seconds, **kw)]
+        else:
+            chunks = stream(model, seconds, chunk_samples=max(1, int(CHUNK_SECONDS * sr)), **kw)
         try:
-            for chunk in stream(model, seconds, chunk_samples=max(1, int(CHUNK_SECONDS * sr)),
-                                batch_size=samples, temperature=temperature, top_p=top_p,
-                                seed=seed, prompt=x_prompt):
+            for chunk in chunks:
                 parts.append(chunk)
                 done += chunk.shape[1]
                 took = time.perf_counter() - t0
@@ -359,6 +374,15 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
                                         elem_id="samples")
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+                    with gr.Accordion("More sampling (README: Sampling)", open=False):
+                        min_p = gr.Slider(0.0, 0.5, value=0.0, step=0.005, label="Min-p",
+                                          info="drop values less likely than this times the most likely")
+                        floor = gr.Slider(0.0, 0.003, value=0.0, step=0.0005, label="Probability floor",
+                                          info="subtracted from every probability (LPCNet: 0.002)")
+                        tonal = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Tonal temperature",
+                                          info="temperature where the audio is periodic (0: off)")
+                        best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Best of",
+                                            info="candidates per sample, ranked by the model's bits")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     prompt = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                       label=f"Prompt to continue (optional, at most {MAX_PROMPT_SECONDS:g} s)",
@@ -395,7 +419,8 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
                 gr.Code(config_text, language="json")
 
         outputs = [status, *players] + ([live] if live is not None else [])
-        gen = gen_btn.click(on_generate, [seconds, samples, temperature, top_p, seed, prompt],
+        gen = gen_btn.click(on_generate, [seconds, samples, temperature, top_p, seed, prompt, min_p, floor, tonal,
+                                          best_of],
                             outputs, api_name="generate", concurrency_id="model")
         stop_btn.click(None, cancels=[gen])
         samples.change(lambda n: [gr.update(visible=i < n) for i in range(MAX_SAMPLES)],

@@ -229,12 +229,16 @@ def cut_mid_note(y: np.ndarray, sr: int, prompt_s: float, after_s: float = 1.0) 
 # ----------------------------------------------------------------------------- the report
 
 def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", clips: int = 3,
-             seconds: float = 30.0, prompt_seconds: float = 1.5, temperature: float = 1.0,
-             top_p: float = 1.0, max_files: int | None = None, progress: bool = False) -> dict:
+             seconds: float = 30.0, prompt_seconds: float = 1.5, sampling=None, max_files: int | None = None,
+             progress: bool = False) -> dict:
     """Score the split (and the unseen one), generate `clips` clips from silence and continue
-    `clips` real excerpts cut mid-note; measure all of it beside real excerpts. A dict."""
+    `clips` real excerpts cut mid-note with `sampling` (a wavelm.decode.Sampling; default its
+    defaults); measure all of it beside real excerpts. A dict."""
+    from wavelm.decode.sampling import Sampling
+
+    sampling = sampling or Sampling()
     sr = int(model.config.sample_rate)
-    report = {"split": split, "clips": clips, "seconds": seconds, "temperature": temperature, "top_p": top_p}
+    report = {"split": split, "clips": clips, "seconds": seconds, "sampling": describe(sampling)}
     files = split_audio(data, split, sr)
     if not files:
         raise ValueError(f"{data}: the {split} split holds no audio")
@@ -280,8 +284,7 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
             report["score"][unseen] = score_files(un, unseen)
 
     # generated clips from silence, and real excerpts of the same length
-    gens = [generate(model, seconds=seconds, seed=s, temperature=temperature, top_p=top_p)[0]
-            for s in range(clips)]
+    gens = [generate(model, seconds=seconds, seed=s, sampling=sampling)[0] for s in range(clips)]
     real = [(name, start, codec_audio(y), y) for name, start, y in excerpts(files, clips, seconds, sr)]
     report["generated"] = []
     for s, y in enumerate(_bar(gens, progress, "measuring clips")):
@@ -307,7 +310,7 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
         if c is None:
             continue
         prompt = y[c - int(prompt_seconds * sr): c]
-        out = generate(model, seconds=1.0, seed=k, prompt=prompt, temperature=temperature, top_p=top_p)[0]
+        out = generate(model, seconds=1.0, seed=k, prompt=prompt, sampling=sampling)[0]
         truth = codec_audio(y[c: c + sr])
         conts.append({"name": name, "cut_s": round(c / sr, 3), "generated": window_measures(out, sr),
                       "real": window_measures(truth, sr),
@@ -316,6 +319,17 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
     report["continuations"] = conts
     report["summary"] = summarize(report)
     return report
+
+
+def describe(sampling) -> dict:
+    """The options of a Sampling that differ from the defaults (temperature always)."""
+    import dataclasses
+
+    base = type(sampling)()
+    out = {"temperature": sampling.temperature}
+    out.update({f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling)
+                if getattr(sampling, f.name) != getattr(base, f.name)})
+    return out
 
 
 def _flat(y, sr) -> float:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from wavelm.audio import LN2, ZERO, AudioError, audio_info, iter_audio, mulaw_encode
-from wavelm.data.folder import TokenCache
+from wavelm.data.cache import TokenCache
 from wavelm.data.youtubemix import CHUNK, YouTubeMix
 from wavelm.decode.fast import use_lpc_kernel
 from wavelm.model.lm import inference
@@ -224,20 +224,14 @@ def _split_streams(data, split, quantization, sample_rate, chunk):
             raise ValueError(f"{data}: the cache holds {cache.codec} tokens, not --quantization {quantization}")
         if cache.sample_rate != sample_rate:
             raise ValueError(f"{data}: the cache is at {cache.sample_rate} Hz, the model at {sample_rate} Hz")
-        # a YouTubeMix cache holds whole chunks, each encoded on its own: score them on their own;
-        # a folder cache holds whole files: one stream per file
-        settings = cache.meta.get("settings", {})
-        step = int(settings["chunk"]) if settings.get("format") == "youtubemix" else None
+        # the cache decides its segments (TokenCache.segments, the one chunking rule): a YouTubeMix
+        # cache's chunks, each encoded on its own, scored on their own; a folder cache's whole files
+        step = cache.segment_length()
         if chunk and chunk != step:
             raise ValueError(f"{data}: chunk {chunk} does not apply: the cache holds "
                              + (f"chunks of {step}" if step else "whole files (a folder cache)"))
-
-        def cache_chunks(i):
-            t = cache.tokens(i)                           # uint8 memmap: nothing loaded yet
-            k = step or max(len(t), 1)
-            return (t[s:s + k] for s in range(0, len(t), k))
-
-        return cache.codec, [(f["path"], cache_chunks(f["index"])) for f in cache.files(split)]
+        # memmap views: nothing is read until a segment is scored
+        return cache.codec, [(f["path"], iter(cache.file_segments(f["index"]))) for f in cache.files(split)]
 
     ds = YouTubeMix(data, split=split, quantization=quantization or "s4", sample_rate=sample_rate,
                     chunk=chunk or CHUNK)

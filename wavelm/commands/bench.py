@@ -10,7 +10,7 @@ TARGETS = {
 
 
 def add_arguments(p):
-    from wavelm.cli import add_subcommands
+    from wavelm.commands._common import add_subcommands
 
     sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     add_subcommands(sub, "wavelm.commands.bench_", TARGETS, "_bench")

@@ -21,8 +21,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from wavelm.cli import UserError, check_device
+from wavelm.commands._common import check_device
 from wavelm.commands.bench_train import lpc_fields
+from wavelm.errors import UserError
 
 
 def add_arguments(p):
@@ -44,13 +45,15 @@ def add_arguments(p):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda")
     p.add_argument("--lpc", metavar="ORDER,WINDOW,HOP", type=lpc_fields, default=None,
                    help="with --model: the preset without and with the LPC path, batch 1, runs interleaved")
+    from wavelm.commands._common import add_sampling_arguments
+
+    add_sampling_arguments(p.add_argument_group("sampling (the decoders' timed runs)"))
 
 
 def _model(args):
     import torch
 
-    from wavelm.checkpoint import PRETRAINED_DIR
-    from wavelm.model.lm import load_model
+    from wavelm.checkpoint import PRETRAINED_DIR, load_model
     from wavelm.model.config import ModelConfig
     from wavelm.model.lm import WaveLM
 
@@ -112,12 +115,12 @@ def _naive_rate(model, n, context, device, budget=10.0):
     return (i + 1) / (time.perf_counter() - t0), i + 1
 
 
-def _rate(model, batch, seconds, backend, device, warm=0.2, repeat=1):
+def _rate(model, batch, seconds, backend, device, warm=0.2, repeat=1, sampling=None):
     """(decoder, median samples/s per stream over `repeat` runs of `seconds`, state bytes
     before and after); the runs continue one stream, so the last one ends at repeat x seconds."""
     from wavelm.generation import start
 
-    dec = start(model, batch_size=batch, seed=0, backend=backend)
+    dec = start(model, batch_size=batch, seed=0, backend=backend, sampling=sampling)
     sr = model.config.sample_rate
     dec.run(max(1, int(warm * sr)))                                 # JIT, caches, graph capture
     before = dec.state_nbytes()
@@ -140,6 +143,9 @@ def run(args) -> int:
     if not args.seconds > 0 or min(args.naive_samples, args.threads, args.repeat) < 1:
         raise UserError("--seconds must be > 0; --naive-samples, --threads and --repeat >= 1")
     check_device(args.device)
+    from wavelm.commands._common import check_generation_flags, sampling_options
+
+    _, args.sampling = check_generation_flags(None, max(batches), **sampling_options(args))
     torch.set_num_threads(args.threads)
     if args.lpc is not None:
         return _lpc_price(args)
@@ -158,7 +164,8 @@ def run(args) -> int:
           f"over {args.naive_samples} samples")
     rows, base = [], None
     for b in batches:
-        name, r, m0, m1 = _rate(model, b, args.seconds, args.backend, args.device, repeat=args.repeat)
+        name, r, m0, m1 = _rate(model, b, args.seconds, args.backend, args.device, repeat=args.repeat,
+                                sampling=args.sampling)
         base = base or (r * b if b == 1 else None)
         rows.append((b, name, r, r * b, r / sr, m0, m1, r * b / naive))
     print(f"median of {args.repeat} runs of {args.seconds:g} s per stream, after a 0.2 s warm-up; state "
@@ -196,7 +203,7 @@ def _lpc_price(args) -> int:
             model = WaveLM(ModelConfig.from_name(args.model, **over, **lpc)).to(args.device).eval()
         except ValueError as e:
             raise UserError(str(e)) from None
-        decs[name] = start(model, batch_size=1, seed=0, backend=args.backend)
+        decs[name] = start(model, batch_size=1, seed=0, backend=args.backend, sampling=args.sampling)
         decs[name].run(max(1, int(0.2 * model.config.sample_rate)))              # JIT, caches
     n = max(1, round(args.seconds * model.config.sample_rate))
     rates = {k: [] for k in decs}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from wavelm.cli import UserError, check_generation_flags
+from wavelm.commands._common import add_sampling_arguments, check_generation_flags, sampling_options
+from wavelm.errors import UserError
 
 
 def add_arguments(p):
@@ -17,13 +18,12 @@ def add_arguments(p):
     p.add_argument("--seconds", type=float, default=30.0, metavar="S", help="length of clips and excerpts (default 30)")
     p.add_argument("--prompt-seconds", type=float, default=1.5, metavar="P",
                    help="prompt before each continuation's mid-note cut (default 1.5)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-files", type=int, default=None, metavar="N",
                    help="score N files spread over each split instead of all")
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the whole report here")
     p.add_argument("--plot", metavar="OUT.png", default=None, help="mel spectrograms: real above, generated below")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+    add_sampling_arguments(p.add_argument_group("sampling of the clips and continuations"))
 
 
 def run(args) -> int:
@@ -32,7 +32,7 @@ def run(args) -> int:
     from wavelm.files import check_output
 
     # every flag before any work (scoring a split takes minutes), each error naming its flag
-    check_generation_flags(args.seconds, 1, args.temperature, args.top_p)
+    _, sampling = check_generation_flags(args.seconds, 1, **sampling_options(args))
     if not (math.isfinite(args.prompt_seconds) and 0 < args.prompt_seconds <= 600):
         raise UserError(f"--prompt-seconds must be > 0 and <= 600, got {args.prompt_seconds:g}")
     for flag, v in (("--clips", args.clips), ("--threads", args.threads)):
@@ -50,7 +50,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     import torch
 
-    from wavelm.model.lm import load_model
+    from wavelm.checkpoint import load_model
 
     torch.set_num_threads(args.threads)
     try:
@@ -60,7 +60,7 @@ def run(args) -> int:
     try:
         rep = quality.evaluate(model, args.data, split=args.split, unseen=args.unseen or None, clips=args.clips,
                                seconds=args.seconds, prompt_seconds=args.prompt_seconds,
-                               temperature=args.temperature, top_p=args.top_p, max_files=args.max_files,
+                               sampling=sampling, max_files=args.max_files,
                                progress=sys.stderr.isatty())
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -93,8 +93,8 @@ def table(rep: dict) -> str:
             ("harmonic share (HPSS)", "harmonic_share", "{:.3f}"), ("chroma top-7 share", "chroma_top7", "{:.3f}"),
             ("median spectral flatness", "flatness", "{:.2e}"), ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
             ("model's bits/sample on the clip", "model_bits", "{:.3f}")]
-    lines = [f"{rep['clips']} clips x {rep['seconds']:g} s, temperature {rep['temperature']:g}, top-p {rep['top_p']:g} "
-             "(medians over clips)",
+    shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in rep["sampling"].items())
+    lines = [f"{rep['clips']} clips x {rep['seconds']:g} s, sampling: {shown} (medians over clips)",
              f"{'measure':34s} {'real':>10s} {'generated':>10s}"]
     for label, k, fmt in rows:
         lines.append(f"{label:34s} {fmt.format(s['real'][k]):>10s} {fmt.format(s['generated'][k]):>10s}")

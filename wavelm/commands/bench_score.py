@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from wavelm.cli import UserError, check_device
+from wavelm.commands._common import check_device
+from wavelm.errors import UserError
 from wavelm.hardware import cpu_name
 
 
@@ -37,7 +38,7 @@ def add_arguments(p):
 
 
 def _model(args):
-    from wavelm.model.lm import load_model
+    from wavelm.checkpoint import load_model
 
     if args.model:
         import torch

@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from wavelm.cli import UserError
+from wavelm.errors import UserError
 from wavelm.hardware import machine
 
 

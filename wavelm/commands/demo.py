@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 
-from wavelm.cli import UserError
+from wavelm.errors import UserError
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -53,7 +53,7 @@ def _serve(args, demo_app, own_tmp=None) -> int:
         raise UserError("the demo needs gradio: pip install 'wavelm[demo]'")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")
-    from wavelm.model.lm import load_model
+    from wavelm.checkpoint import load_model
 
     model = load_model(args.checkpoint, map_location=args.device)
     if args.host not in LOOPBACK:

@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from wavelm.cli import UserError, check_device, check_generation_flags
+from wavelm.commands._common import (add_sampling_arguments, check_device, check_generation_flags, flag_names,
+                                     sampling_options)
+from wavelm.errors import UserError
 
 
 
@@ -29,16 +31,15 @@ def add_arguments(p):
     p.add_argument("--seconds", type=float, default=5.0,
                    help=f"audio to generate per stream, 0 < S <= {MAX_SECONDS:g} (default 5)")
     p.add_argument("--checkpoint", metavar="DIR", default=None, help="model directory (default: the bundled model)")
-    p.add_argument("--prompt", metavar="FILE", default=None, help="audio to continue (resampled to the model's rate)")
+    from wavelm.generation import MAX_PROMPT_SECONDS
+
+    p.add_argument("--prompt", metavar="FILE", default=None,
+                   help=f"audio to continue (resampled to the model's rate), at most {MAX_PROMPT_SECONDS:g} s")
     p.add_argument("--prompt-seconds", type=float, default=None, metavar="P",
-                   help="use the first P seconds of the prompt (default: all of it)")
+                   help=f"use the first P seconds of the prompt, 0 < P <= {MAX_PROMPT_SECONDS:g} (default: all of it)")
     p.add_argument("--keep-prompt", action="store_true", help="write the prompt before the continuation")
     p.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="streams generated together; N > 1 writes OUT_0.wav ... (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature > 0 (default 1)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely values")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1 (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default="generated.wav", metavar="OUT.wav",
                    help="output file (default generated.wav)")
@@ -47,20 +48,23 @@ def add_arguments(p):
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="decode step: auto (default), fast (numba, CPU), torch (reference), cuda-graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_arguments(p.add_argument_group("sampling (wavelm/decode/sampling.py; README: Sampling)"))
 
 
 def check_args(args):
     """Every check that needs no model, so bad input fails before the model loads."""
     from wavelm.files import AUDIO_OUT, check_not_special, check_output
 
-    check_generation_flags(args.seconds, args.num_samples, args.temperature, args.top_p, args.top_k, args.seed)
+    _, args.sampling = check_generation_flags(args.seconds, args.num_samples, args.seed, **sampling_options(args))
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    from wavelm.generation import MAX_PROMPT_SECONDS
+
     if args.prompt_seconds is not None:
         if args.prompt is None:
             raise UserError("--prompt-seconds needs --prompt")
-        if not (math.isfinite(args.prompt_seconds) and args.prompt_seconds > 0):
-            raise UserError(f"--prompt-seconds must be > 0, got {args.prompt_seconds:g}")
+        if not (math.isfinite(args.prompt_seconds) and 0 < args.prompt_seconds <= MAX_PROMPT_SECONDS):
+            raise UserError(f"--prompt-seconds must be > 0 and <= {MAX_PROMPT_SECONDS:g}, got {args.prompt_seconds:g}")
     if args.keep_prompt and args.prompt is None:
         raise UserError("--keep-prompt needs --prompt")
     if os.path.isdir(args.output):
@@ -82,22 +86,32 @@ def run(args) -> int:
     check_args(args)
 
     from wavelm.audio import audio_writers, load_audio
-    from wavelm.model.lm import load_model
-    from wavelm.generation import stream
+    from wavelm.checkpoint import load_model
+    from wavelm.generation import MAX_PROMPT_SECONDS, generate, stream
 
     model = load_model(args.checkpoint, map_location=args.device)
     sr = int(model.config.sample_rate)
     prompt = None
     if args.prompt is not None:
-        prompt = load_audio(args.prompt, sr, max_seconds=args.prompt_seconds)
+        # decoded only up to the cap (+1 s: a longer file is refused, not cut silently)
+        prompt = load_audio(args.prompt, sr, max_seconds=args.prompt_seconds or MAX_PROMPT_SECONDS + 1)
         if len(prompt) == 0:
             raise UserError(f"--prompt {args.prompt}: holds no audio")
+        if len(prompt) > MAX_PROMPT_SECONDS * sr:
+            raise UserError(f"--prompt {args.prompt}: longer than {MAX_PROMPT_SECONDS:g} s; "
+                            "use its first seconds with --prompt-seconds")
     threads = args.threads or (1 if args.device == "cpu" else None)
     progress = not args.no_progress and sys.stderr.isatty()
     t0 = time.perf_counter()
-    chunks = stream(model, args.seconds, batch_size=args.num_samples, temperature=args.temperature,
-                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, prompt=prompt, progress=progress,
-                    backend=args.backend, threads=threads)
+    kw = dict(batch_size=args.num_samples, seed=args.seed, prompt=prompt, sampling=args.sampling,
+              progress=progress, backend=args.backend, threads=threads)
+    try:       # the memory check and the prompt's, before any work
+        if args.sampling.best_of == 1:
+            chunks = stream(model, args.seconds, **kw)
+        else:  # a candidate is chosen at the end: the candidates' tokens are held (1 byte a sample)
+            chunks = [generate(model, args.seconds, **kw)]
+    except ValueError as e:
+        raise UserError(flag_names(str(e))) from None
     paths = output_paths(args.output, args.num_samples)
     n = 0
     # written as it is made: memory does not grow with --seconds (each file is renamed into

@@ -8,15 +8,16 @@ from __future__ import annotations
 import os
 import sys
 
-from wavelm.cli import UserError
-from wavelm.data.folder import SPLITS
+from wavelm.data.cache import SPLITS
+from wavelm.data.formats import FORMATS, all_quantizations, get_format, quantization_help, quantization_of
+from wavelm.errors import UserError
 
 
 def add_arguments(p):
     p.add_argument("data", metavar="DATA", help="folder of audio files (searched recursively)")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache directory to write")
-    p.add_argument("--format", choices=("folder", "youtubemix"), default="folder",
-                   help="folder: any audio folder (default); youtubemix: s4 split and chunking")
+    p.add_argument("--format", choices=tuple(FORMATS), default="folder",
+                   help="; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()))
     p.add_argument("--sample-rate", type=int, default=16000, help="target sample rate (default 16000)")
     p.add_argument("--split", default="0.9,0.05,0.05", metavar="TRAIN,VAL,TEST",
                    help="folder format: fractions of files per split, unless DATA has "
@@ -24,8 +25,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="folder format: seed of the split shuffle")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="decoding processes (default: min(2, CPUs))")
-    p.add_argument("--quantization", choices=("s4", "mulaw"), default=None,
-                   help="youtubemix format: s4 (per-chunk min-max + floor mu-law, default) or mulaw")
+    p.add_argument("--quantization", choices=all_quantizations(), default=None,
+                   help=f"by format: {quantization_help()} (s4: per-chunk min-max + floor mu-law)")
     p.add_argument("--chunk", type=int, default=131072, help="youtubemix format: chunk length")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,29 +40,22 @@ def run(args) -> int:
     check_output_dir(args.out)                        # the cache goes there ...
     check_output_dir(Path(args.out).absolute().parent)  # ... built beside it, then renamed
     progress = not args.no_progress and sys.stderr.isatty()
-    if args.format != "youtubemix":
-        from wavelm.data.folder import _parse_split
-
-        try:
-            _parse_split(args.split)
-        except ValueError as e:
-            raise UserError(f"--split: {e}") from None
+    fmt = get_format(args.format, "--format")          # the formats room: wavelm/data/formats.py
+    options = {name: getattr(args, name) for name in fmt.options}
+    for name, check in fmt.options.items():
+        if check is not None:
+            try:
+                check(options[name])
+            except ValueError as e:
+                raise UserError(f"--{name.replace('_', '-')}: {e}") from None
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    if args.format == "youtubemix":
-        from wavelm.data.youtubemix import prepare_youtubemix
-
-        cache = prepare_youtubemix(args.data, args.out, quantization=args.quantization or "s4",
-                                   sample_rate=args.sample_rate, chunk=args.chunk,
-                                   workers=args.workers, progress=progress, force=args.force)
-    else:
-        if args.quantization == "s4":
-            raise UserError("--quantization s4 needs --format youtubemix (it scales each chunk)")
-        from wavelm.data.folder import prepare_folder
-
-        cache = prepare_folder(args.data, args.out, sample_rate=args.sample_rate,
-                               split=args.split, seed=args.seed,
-                               workers=args.workers, progress=progress, force=args.force)
+    try:
+        quantization = quantization_of(fmt, args.quantization, "--quantization", "--format")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    cache = fmt.prepare(args.data, args.out, quantization=quantization, sample_rate=args.sample_rate,
+                        workers=args.workers, progress=progress, force=args.force, **options)
     print(summary(cache))
     return 0
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wavelm.cli import UserError, check_device
-from wavelm.data.folder import SPLITS
+from wavelm.commands._common import check_device
+from wavelm.data.cache import SPLITS
+from wavelm.errors import UserError
 
 
 def add_arguments(p):
@@ -72,7 +73,7 @@ def run(args) -> int:
             check_output(out)
     check_device(args.device)
 
-    from wavelm.model.lm import load_model
+    from wavelm.checkpoint import load_model
 
     model = load_model(args.checkpoint, map_location=args.device)
     on_cpu = next(model.parameters()).device.type == "cpu"

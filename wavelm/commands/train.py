@@ -23,7 +23,8 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from wavelm.cli import UserError
+from wavelm.errors import UserError
+from wavelm.data.formats import FORMATS, all_quantizations, quantization_help
 
 # flag -> (table, key)
 FLAGS = {"model": ("model", "preset"), "arch": ("model", "arch"), "steps": ("train", "steps"),
@@ -55,8 +56,8 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, help="CPU threads per process (default 1; 0 = torch's default)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="stop cleanly after M minutes, saving last/ (0 = no limit, the default)")
-    p.add_argument("--format", choices=("folder", "youtubemix"), help="how to prepare an audio folder")
-    p.add_argument("--quantization", choices=("s4", "mulaw"), help="youtubemix format only")
+    p.add_argument("--format", choices=tuple(FORMATS), help="how to prepare an audio folder (default folder)")
+    p.add_argument("--quantization", choices=all_quantizations(), help=f"by format: {quantization_help()}")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="any recipe field, e.g. --set model.d_model=64 --set train.grad_clip=0.5")
     p.add_argument("--init", metavar="MODEL_DIR",

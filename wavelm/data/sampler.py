@@ -13,14 +13,10 @@ IGNORE = -100      # target padding of short validation crops
 
 
 def split_segments(cache, split: str) -> list[np.ndarray]:
-    """Contiguous token runs of a split: files, or YouTubeMix chunks (never crossed, since each
-    chunk is scaled on its own and starts its own stream)."""
-    toks = cache.split_tokens(split)
-    chunk = cache.meta.get("settings", {}).get("chunk") if cache.meta.get("settings", {}).get(
-        "format") == "youtubemix" else None
-    if not chunk:
-        return [t for t in toks if len(t)]
-    return [t[j:j + chunk] for t in toks for j in range(0, len(t) - chunk + 1, chunk)]
+    """Contiguous token runs of a split that crops may come from: `TokenCache.segments`, the one
+    chunking rule (files, or YouTubeMix chunks: never crossed, since each chunk is scaled on its
+    own and starts its own stream), whole chunks only (a crop lies in one whole chunk)."""
+    return cache.segments(split, whole_only=True)
 
 
 class CropSampler:

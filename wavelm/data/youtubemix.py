@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from wavelm.audio import AUDIO_EXTENSIONS, ZERO, AudioError, audio_info, load_audio, mulaw_encode, mulaw_encode_s4
-from wavelm.data import folder as _folder
+from wavelm.data.cache import TokenCache, temp_dir_next_to, write_cache, writing_cache
+from wavelm.data.encode import encode_files, error_reason, read_part
+from wavelm.data.folder import check_root, fresh_cache, no_audio_error, warn_skipped
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def list_files(root) -> list[Path]:
     """All audio files of a YouTubeMix folder (every split), natural-sorted by name."""
     from natsort import natsorted
 
-    root = _folder._check_root(root)
+    root = check_root(root)
 
     def audio_in(d: Path) -> list[Path]:
         return [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
@@ -84,7 +86,7 @@ def list_files(root) -> list[Path]:
             raise ValueError(f"{root}: no audio files, but found {zips}: unzip it first "
                              f"(e.g. `unzip {root / 'youtube_mix.zip'} -d {root}`)")
         else:
-            raise _folder._no_audio_error(root)
+            raise no_audio_error(root)
     return natsorted(files, key=lambda p: p.name)
 
 
@@ -175,7 +177,7 @@ def _read_frames(path: Path, start: int, frames: int) -> np.ndarray:
             f.seek(start)
             x = f.read(frames=frames, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{path}: cannot read audio ({_folder._reason(e, path)})") from None
+        raise AudioError(f"{path}: cannot read audio ({error_reason(e, path)})") from None
     x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: audio holds NaN or inf samples")
@@ -187,7 +189,9 @@ def _read_frames(path: Path, start: int, frames: int) -> np.ndarray:
 def encode_file_chunks(src, dst, sample_rate: int = 16000, chunk: int = CHUNK,
                        quantization: str = "s4") -> int:
     """Encode every whole chunk of `src` (each on its own, as YouTubeMix does) into raw uint8
-    at `dst`. Returns the number of samples written; AudioError if shorter than one chunk."""
+    at `dst`. Returns the number of samples written; AudioError if shorter than one chunk.
+    Only whole chunks are written: a YouTubeMix cache never holds a partial one
+    (TokenCache.file_segments relies on it)."""
     x = load_audio(src, sample_rate)
     n = len(x) // chunk
     if n == 0:
@@ -200,8 +204,8 @@ def encode_file_chunks(src, dst, sample_rate: int = 16000, chunk: int = CHUNK,
 
 def prepare_youtubemix(root, out, quantization: str = "s4", sample_rate: int = 16000,
                        chunk: int = CHUNK, workers: int = 2, progress: bool = True,
-                       force: bool = False) -> _folder.TokenCache:
-    """Write YouTubeMix as a token cache (the format of wavelm.data.folder): each file's tokens
+                       force: bool = False) -> TokenCache:
+    """Write YouTubeMix as a token cache (wavelm.data.cache): each file's tokens
     are its whole chunks, each encoded as `YouTubeMix.__getitem__` does (so cache file i, chunk j
     equals the dataset's y for that chunk); splits follow the s4 rule on the full file list.
     Files shorter than one chunk, or unreadable, are listed in meta["skipped"]."""
@@ -216,31 +220,31 @@ def prepare_youtubemix(root, out, quantization: str = "s4", sample_rate: int = 1
                 "train_fraction": TRAIN_FRACTION}
     stat = {p.name: p.stat() for p in files}
     stats = [(name, st.st_size, st.st_mtime) for name, st in stat.items()]
-    with _folder.writing_cache(out):
+    with writing_cache(out):
         if not force:
-            cached = _folder.fresh_cache(out, src_root, sample_rate, codec, settings, stats)
+            cached = fresh_cache(out, src_root, sample_rate, codec, settings, stats)
             if cached is not None:
                 return cached
 
         splits = {}
         for s, (lo, hi) in split_bounds(len(files)).items():
             splits.update((p.name, s) for p in files[lo:hi])
-        scratch = _folder.temp_dir_next_to(out, "parts")
+        scratch = temp_dir_next_to(out, "parts")
         try:
             enc = functools.partial(encode_file_chunks, sample_rate=sample_rate, chunk=int(chunk),
                                     quantization=quantization)
-            done, failed = _folder.encode_files([(p.name, p) for p in files], enc, scratch, workers=workers,
-                                                progress=progress, desc="prepare youtubemix")
+            done, failed = encode_files([(p.name, p) for p in files], enc, scratch, workers=workers,
+                                        progress=progress, desc="prepare youtubemix")
             skipped = [{"path": p.name, "reason": failed[p.name], "size": stat[p.name].st_size,
                         "mtime": stat[p.name].st_mtime} for p in files if p.name in failed]
             if not done:
                 raise ValueError(f"{src_root}: none of the {len(files)} audio files gave a whole chunk "
                                  f"of {chunk} samples" + (f" (first: {skipped[0]['path']}: "
                                                           f"{skipped[0]['reason']})" if skipped else ""))
-            _folder._warn_skipped(src_root, skipped, len(files))
-            entries = ((p.name, splits[p.name], _folder._read_part(*done[p.name]),
+            warn_skipped(src_root, skipped, len(files))
+            entries = ((p.name, splits[p.name], read_part(*done[p.name]),
                         stat[p.name].st_size, stat[p.name].st_mtime) for p in files if p.name in done)
-            cache = _folder.write_cache(out, entries, sample_rate, codec, src_root, skipped, settings)
+            cache = write_cache(out, entries, sample_rate, codec, src_root, skipped, settings)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     log.info("%s: wrote YouTubeMix (%s), %.2f h", out,

@@ -14,36 +14,36 @@ from __future__ import annotations
 import logging
 
 from .reference import TorchDecoder
-from .sampling import Noise, Sampling
+from .sampling import Noise, Sampler, Sampling  # noqa: F401 - the package's API
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fast", "torch", "cuda-graph")
 
 
-def make_decoder(model, state, tok, sampling: Sampling, noise: Noise, backend: str = "auto", position: int = 0):
+def make_decoder(model, state, tok, sampler: Sampler, noise: Noise, backend: str = "auto", position: int = 0):
     """The fastest decoder that supports `model` on its device (see the module docstring).
     `position`: samples already fed (the prefill), for the CUDA graph's alignment."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device = next(model.parameters()).device
     if backend == "torch":
-        return TorchDecoder(model, state, tok, sampling, noise)
+        return TorchDecoder(model, state, tok, sampler, noise)
     if backend == "cuda-graph" or (backend == "auto" and device.type == "cuda"):
         if device.type != "cuda":
             raise ValueError("backend 'cuda-graph' needs a model on a CUDA device")
         from .cuda import GraphDecoder  # torch.cuda only where a GPU is used
 
-        return GraphDecoder(model, state, tok, sampling, noise, position=position)
+        return GraphDecoder(model, state, tok, sampler, noise, position=position)
     from . import fast
 
     why = fast.available() if device.type == "cpu" else f"the model is on {device}"
     if why is None:
         try:
-            return fast.FastDecoder(model, state, tok, sampling, noise)
+            return fast.FastDecoder(model, state, tok, sampler, noise)
         except Exception as e:  # noqa: BLE001 - any lowering failure: the reference step runs it
             why = f"{type(e).__name__}: {e}"
     if backend == "fast":
         raise ValueError(f"the fast decoder cannot run this model: {why}")
-    log.info("fast decode step unavailable (%s): using the torch reference step", why)
-    return TorchDecoder(model, state, tok, sampling, noise)
+    log.warning("fast decode step unavailable (%s): using the torch reference step (10-100x slower)", why)
+    return TorchDecoder(model, state, tok, sampler, noise)

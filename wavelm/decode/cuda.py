@@ -1,4 +1,4 @@
-"""CUDA decode: the reference step (the model's forward with state + sampling.sample_torch)
+"""CUDA decode: the reference step (the model's forward with state + sampling.Sampler.step)
 captured in a CUDA graph and replayed, so a sample costs no kernel launches from Python and
 no host sync.
 
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from .reference import TorchDecoder
-from .sampling import sample_torch
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +28,11 @@ log = logging.getLogger(__name__)
 class GraphDecoder:
     name = "cuda-graph"
 
-    def __init__(self, model, state, tok, sampling, noise, position: int = 0, capture: bool = True):
-        self.model, self.state, self.sampling, self.noise = model, state, sampling, noise
+    def __init__(self, model, state, tok, sampler, noise, position: int = 0, capture: bool = True):
+        self.model, self.state, self.sampler, self.noise = model, state, sampler, noise
         self.period = int(model.config.hop[-1])
         self.phase = int(position) % self.period
-        self.ref = TorchDecoder(model, state, tok, sampling, noise)
+        self.ref = TorchDecoder(model, state, tok, sampler, noise)
         self.capture = capture and tok.is_cuda
         self.ready = False
         self.graph = None
@@ -66,11 +65,11 @@ class GraphDecoder:
         return out[:, :n]
 
     # -- one period -------------------------------------------------------------------------
-    def _body(self, state):
+    def _body(self, state, sampler):
         tok = self.static_tok
         for i in range(self.period):
             logits = self.model(tok[:, None], state=state)[:, 0]
-            tok = sample_torch(logits, self.static_u[i], self.sampling)
+            tok = sampler.step(logits, self.static_u[i])
             self.static_out[:, i] = tok
         self.static_tok.copy_(tok)
         self.static_logits.copy_(logits)
@@ -96,12 +95,12 @@ class GraphDecoder:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):             # warm-up (cuBLAS handles etc.) on a copy
-            self._body(self.state.clone())
+            self._body(self.state.clone(), self.sampler.clone())
         torch.cuda.current_stream().wait_stream(side)
         self.static_tok.copy_(tok0)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):             # records the device ops without running them;
-            self._body(self.state)                # the host clock went round one period
+            self._body(self.state, self.sampler)  # the host clock went round one period
         log.debug("captured a CUDA graph of %d decode steps", self.period)
         return graph
 
@@ -112,7 +111,7 @@ class GraphDecoder:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._body(self.state)
+            self._body(self.state, self.sampler)
         self.last_logits = self.static_logits.clone()
         return self.static_out.clone()
 

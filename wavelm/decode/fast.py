@@ -6,7 +6,7 @@ on CPU. Here `lower.compile_model` exports the weights once (fused per-op layout
 run once every p samples. The streaming state is the torch `State` itself (numpy views of its
 flat tensors), so nothing is translated and either side can continue the other's stream.
 
-    dec = FastDecoder(model, state, tok, sampling, noise)   # after a prefill through model.forward
+    dec = FastDecoder(model, state, tok, sampler, noise)    # after a prefill through model.forward
     tokens = dec.run(4000)                                  # (B, 4000) int64
 
 Every op is checked against the model's own forward (tests/test_generate.py). numba is
@@ -15,6 +15,9 @@ imported lazily: without it, `available()` says why and generation uses the torc
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def available() -> str | None:
     """None if the fast step can run here, else the reason it cannot."""
+    cache_dir()
     try:
         import numba  # noqa: F401
     except ImportError as e:
@@ -32,13 +36,35 @@ def available() -> str | None:
     return None
 
 
+def cache_dir(package: Path = Path(__file__).parent) -> str | None:
+    """Where numba caches the compiled step. Beside the package when it is writable (numba's own
+    choice); else (a read-only install) NUMBA_CACHE_DIR is set, before numba is imported, to
+    ~/.cache/wavelm/numba or a temp folder, with one logged line, so the step is compiled once
+    and never silently replaced by the slow reference. None: numba's default."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    pyc = package / "__pycache__"
+    if os.access(pyc if pyc.exists() else package, os.W_OK):
+        return None
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wavelm" / "numba"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        usable = os.access(home, os.W_OK)
+    except OSError:
+        usable = False
+    where = str(home) if usable else tempfile.mkdtemp(prefix="wavelm-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = where
+    if "numba" in sys.modules:                     # imported already: its config read the environment
+        sys.modules["numba"].config.CACHE_DIR = where
+    log.info("%s is read-only: the compiled decode step is cached in %s%s", package, where,
+             "" if usable else " (for this run only: compiled again next time, ~1 min)")
+    return where
+
+
 def _cached(kernels) -> bool:
     """Whether numba's on-disk cache of the decode step seems to exist (beside the module)."""
-    return any((Path(kernels.__file__).parent / "__pycache__").glob("kernels.decode-*.nbi"))
-
-
-_NO_FORCE = np.zeros((0, 0), np.int64)
-_NO_LOGITS = {np.dtype(d): np.zeros((0, 0, 0), d) for d in (np.float32, np.float64)}
+    where = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(kernels.__file__).parent / "__pycache__")
+    return any(where.rglob("kernels.decode-*.nbi"))
 
 
 class FastDecoder:
@@ -47,7 +73,7 @@ class FastDecoder:
 
     name = "numba"
 
-    def __init__(self, model, state, tok: torch.Tensor, sampling, noise):
+    def __init__(self, model, state, tok: torch.Tensor, sampler, noise):
         from . import kernels  # numba: only where the fast step is used
         from .lower import compile_model
 
@@ -56,18 +82,13 @@ class FastDecoder:
         self.kernels = kernels
         self.program = compile_model(model, state.batch_size)
         self.state = state
-        self.F, self.I = self.program.arrays(state)          # views: the state is written in place
+        self.program.arrays(state)                           # checks the state fits the program
         self.tok = tok.detach().cpu().numpy().astype(np.int64).copy()
-        self.sampling, self.noise = sampling, noise
+        self.sampler, self.noise = sampler, noise
 
     def run(self, n: int) -> np.ndarray:
-        p, s = self.program, self.sampling
-        out = np.empty((p.batch_size, n), np.int64)
         u = np.ascontiguousarray(self.noise.take(n).cpu().numpy(), dtype=np.float64)
-        self.kernels.decode(p.prog, p.P, p.M, self.F, self.I, p.C64, p.ex, self.tok, u, float(s.temperature),
-                            int(s.top_k or 0), float(s.top_p), p.logits, p.vocab, out, _NO_FORCE,
-                            _NO_LOGITS[p.M.dtype])
-        return out
+        return self.program.run(self.state, self.tok, u, self.sampler)
 
     @property
     def last_logits(self) -> torch.Tensor:
@@ -80,12 +101,12 @@ class FastDecoder:
 
 @torch.compiler.disable          # numpy and numba inside: a graph break, not a trace (train --compile)
 def lpc_kernel(lpc, tokens: torch.Tensor, state, dtype):
-    """The LPC path of WaveLM.forward on CPU through the numba step (kernels.lpc_run), the same
+    """The LPC path of WaveLM.forward on CPU through the numba step (lpc_ops.lpc_run), the same
     numbers as the torch module (tests/test_lpc.py): (codes (B, T) int64, features (B, T, 2),
     log-prior (B, T, 256)) in `dtype`; `state` (an LPCState) is advanced in place."""
     from wavelm.model import lpc as L
 
-    from . import kernels
+    from . import lpc_ops, simd
 
     npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
     B, T = tokens.shape
@@ -99,8 +120,8 @@ def lpc_kernel(lpc, tokens: torch.Tensor, state, dtype):
         R, A, S, W = (t.detach().numpy() for t in (state.ring, state.coef, state.scale.view(B), state.mass))
         hr = np.array([int(state.head), int(state.r)], np.int64)
     codes, feats, prior = np.empty((B, T), npdt), np.empty((B, T, 2), npdt), np.empty((B, T, L.V), npdt)
-    kernels.lpc_run(np.ascontiguousarray(tokens.numpy(), np.int64), R, A, S, W, hr, _lpc_constants(N), 0, N, P, H,
-                    codes, feats, prior, kernels.exp_workspace(npdt, L.V))
+    lpc_ops.lpc_run(np.ascontiguousarray(tokens.numpy(), np.int64), R, A, S, W, hr, _lpc_constants(N), 0, N, P, H,
+                    codes, feats, prior, simd.exp_workspace(npdt, L.V))
     if state is not None:
         state.head.fill_(int(hr[0]))
         state.r.fill_(int(hr[1]))

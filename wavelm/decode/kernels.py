@@ -16,30 +16,52 @@ import math
 import numpy as np
 from numba import njit
 
-# fast-math without `ninf`/`nnan`: masked logits and empty attention slots use -inf
-FM = {"reassoc", "contract", "nsz", "arcp"}
-# error_model="numpy": no zero-division checks (they bloat the code and block SIMD)
-JIT = dict(fastmath=FM, cache=True, nogil=True, error_model="numpy")
+from .lpc_ops import _lpc, _prior
+from .sample_ops import draw, observe
+from .simd import JIT, _copy, _fma, _vexp, exp_workspace  # noqa: F401 - exp_workspace: lower.py
 
-# opcodes (operand layout in the comment; offsets index P, M or I as named)
-EMBED = 0     # dst, w, C, V                   dst[b] = w[tok[b]]
-LN = 1        # src, dst, C, g, b, eps_idx     LayerNorm (may be in place); b < 0: RMSNorm
-LINEAR = 2    # src, dst, n_in, n_out, w, b    dst = W src + b   (b < 0: no bias)
-SILU = 3      # x, n                           in place
-RELU = 4      # x, n                           in place
-GATE = 5      # a, g, n, kind                  a *= sigmoid(g) (kind 0) or silu(g) (kind 1)
-AXPY = 6      # dst, src, n, alpha_idx         dst += alpha * src
-DWCONV = 7    # src, dst, C, K, dil, w, b, ring, head     causal depthwise conv, ring state (F)
-CONV = 8      # src, dst, Cin, Cout, K, w, b, ring, head  causal full conv (dilation 1)
-ATTN = 9      # qkv, dst, H, D, W, k, v, pos, off, start, inv, scores   one query per stream
-POOL = 10     # src, dst, C, p, buf, held, r, jump, grp    dst = held[r]; buf[r] = src; r += 1;
-              #                      jump unless the group is complete, else copy buf to grp
-STORE = 11    # dst, src, n                    F[dst:dst + B n] = M[src:src + B n]
-LPC = 12      # out, ring, head, coef, scale, mass, r, N, P, H, c   the LPC path (model/lpc.py): at out,
-              #                      code (B, 1), feat (B, 2), log-prior (B, V), z scratch (B, V)
-EMBEDM = 13   # dst, w, C, V, codes            dst[b] = w[int(M[codes + b])]
-PRIOR = 14    # logits, prior, g, V            logits[b] += softplus(g[b]) * prior[b]
-NCOLS = 14
+# opcodes; a row of the program is (op, *operands), its operands in the order OPERANDS names
+# them (Builder.emit fills them by name; the interpreter below reads them by position).
+# Offsets index P (weights), M (scratch), F (float state) or I (int state) as the op says.
+EMBED = 0     # dst[b] = w[tok[b]]
+LN = 1        # LayerNorm (may be in place); b < 0: RMSNorm
+LINEAR = 2    # dst = W src + b   (b < 0: no bias)
+SILU = 3      # in place
+RELU = 4      # in place
+GATE = 5      # a *= sigmoid(g) (kind 0) or silu(g) (kind 1)
+AXPY = 6      # dst += alpha * src (alpha = C64[alpha])
+DWCONV = 7    # causal depthwise conv, ring state (F), weights (K, C)
+CONV = 8      # causal full conv (dilation 1), weights (K, Cout, Cin)
+ATTN = 9      # one query per stream, KV ring in F
+POOL = 10     # dst = held[r]; buf[r] = src; r += 1; jump to `jump` unless the group is complete,
+              # else copy buf to grp and go on
+STORE = 11    # F[dst:dst + B n] = M[src:src + B n]
+LPC = 12      # the LPC path (model/lpc.py): at out, code (B, 1), feat (B, 2), log-prior (B, V), z (B, V)
+EMBEDM = 13   # dst[b] = w[int(M[codes + b])]
+PRIOR = 14    # logits[b] += softplus(g[b]) * prior[b]
+OPERANDS = {
+    EMBED: "dst w C V",
+    LN: "src dst C g b eps",
+    LINEAR: "src dst n_in n_out w b",
+    SILU: "x n",
+    RELU: "x n",
+    GATE: "a g n kind",
+    AXPY: "dst src n alpha",
+    DWCONV: "src dst C K dil w b ring head",
+    CONV: "src dst Cin Cout K w b ring head",
+    ATTN: "qkv dst H D W k v pos off start inv scores",
+    POOL: "src dst C p buf held r jump grp",
+    STORE: "dst src n",
+    LPC: "out ring head coef scale mass r N P H c",
+    EMBEDM: "dst w C V codes",
+    PRIOR: "logits prior g V",
+}
+NCOLS = 1 + max(len(v.split()) for v in OPERANDS.values())
+
+
+def column(op: int, name: str) -> int:
+    """The program column of operand `name` of `op`."""
+    return 1 + OPERANDS[op].split().index(name)
 
 
 @njit(**JIT)
@@ -180,43 +202,6 @@ def _linear(P, M, B, src, dst, n_in, n_out, w, bias):
 
 
 @njit(**JIT)
-def _vexp(x, ex):
-    """x = exp(x) in place, SIMD-friendly (numba's math.exp is a scalar libm call): range
-    reduction x = k ln2 + r, a degree-13 Taylor polynomial (exact to the last bit of float64
-    for |r| <= ln2 / 2), and 2^k built from its exponent bits in the aliased int/float scratch.
-    ex = (CF, EI, EF): CF = [lo, hi, log2(e), ln2_hi, ln2_lo, 1/13!, ..., 1/1!, 1] in the
-    model dtype, then 0.5; EI (int32 or int64) and EF (float view of EI), each >= len(x)."""
-    cf, ei, ef = ex
-    lo, hi, log2e, ln2hi, ln2lo = cf[0], cf[1], cf[2], cf[3], cf[4]
-    shift = 23 if ei.itemsize == 4 else 52
-    bias = 127 if ei.itemsize == 4 else 1023
-    half = cf[19]
-    for i in range(x.shape[0]):
-        v = min(max(x[i], lo), hi)
-        k = np.floor(v * log2e + half)
-        r = v - k * ln2hi - k * ln2lo
-        p = cf[5]
-        for j in range(6, 19):
-            p = p * r + cf[j]
-        x[i] = p
-        ei[i] = (int(k) + bias) << shift
-    for i in range(x.shape[0]):
-        x[i] *= ef[i]
-
-
-def exp_workspace(dtype, n):
-    """The `ex` tuple of _vexp for arrays of up to n elements."""
-    import math as m
-
-    dtype = np.dtype(dtype)
-    lim = 87.0 if dtype == np.float32 else 708.0
-    ln2hi = 0.693359375                               # 9 significant bits: k * ln2hi is exact
-    cf = [-lim, lim, 1 / m.log(2), ln2hi, m.log(2) - ln2hi] + [1 / m.factorial(j) for j in range(13, -1, -1)] + [0.5]
-    ei = np.zeros(max(n, 1), np.int32 if dtype == np.float32 else np.int64)
-    return np.array(cf, dtype), ei, ei.view(dtype)
-
-
-@njit(**JIT)
 def _silu(M, x, n, ex):
     v = M[x:x + n]
     t = ex[2][n:2 * n]                                # scratch after _vexp's own
@@ -280,20 +265,6 @@ def _dwconv(P, M, F, I, B, src, dst, C, K, dil, w, bias, ring, head):
             _copy(R[b * L + h], X[b])
     if L > 0:
         I[head] = (h + 1) % L
-
-
-@njit(**JIT)
-def _copy(dst, src):
-    """dst[:] = src without numpy's broadcasting machinery (its error paths cost JIT time)."""
-    for i in range(dst.shape[0]):
-        dst[i] = src[i]
-
-
-@njit(**JIT)
-def _fma(y, a, x):
-    """y += a * x, elementwise."""
-    for i in range(y.shape[0]):
-        y[i] += a[i] * x[i]
 
 
 @njit(**JIT)
@@ -417,262 +388,12 @@ def _pool(M, F, I, B, src, dst, C, p, buf, held, r_idx, grp):
 
 
 @njit(**JIT)
-def _vlog(x, ex):
-    """x = log(x) in place for x > 0 (normal numbers), SIMD-friendly: x = m 2^e with m in
-    [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), as a series in s^2 (exact
-    to the last bit of float64: s^2 <= 0.0295). ex: the workspace of _vexp."""
-    cf, ei, ef = ex
-    n = x.shape[0]
-    shift = 23 if ei.itemsize == 4 else 52
-    bias = 127 if ei.itemsize == 4 else 1023
-    mant = (1 << shift) - 1
-    one = x.dtype.type(1)
-    ln2 = x.dtype.type(0.6931471805599453)
-    sqrt2 = x.dtype.type(1.4142135623730951)
-    for i in range(n):
-        ef[i] = x[i]
-    for i in range(n):
-        bits = ei[i]
-        x[i] = (bits >> shift) - bias                      # the exponent, kept in x meanwhile
-        ei[i] = (bits & mant) | (bias << shift)            # the mantissa, in [1, 2)
-    for i in range(n):
-        m = ef[i]
-        e = x[i]
-        if m > sqrt2:
-            m = m * x.dtype.type(0.5)
-            e += one
-        s = (m - one) / (m + one)
-        s2 = s * s
-        p = x.dtype.type(1 / 23)
-        for j in range(21, 0, -2):
-            p = p * s2 + x.dtype.type(1 / j)
-        x[i] = e * ln2 + 2 * s * p
-
-
-@njit(**JIT)
-def _levinson(r, a, tmp, P):
-    """Predictor a (P,) from autocorrelations r (P + 1,): model.lpc.levinson, op for op."""
-    err = r[0] * (1 + 1e-9) + 1e-30
-    for i in range(P):
-        a[i] = 0.0
-    for i in range(P):
-        acc = 0.0
-        for m in range(i):
-            acc += a[m] * r[i - m]
-        k = (r[i + 1] - acc) / err
-        for m in range(i):
-            tmp[m] = a[m]
-        for m in range(i):
-            a[m] = tmp[m] - k * tmp[i - 1 - m]
-        a[i] = k
-        err = err * (1 - k * k)
-
-
-@njit(**JIT)
-def _lpc_refit(Rb, Ab, x, ac, a, tmp, newest, vals_w, P, H, N, mult, min_scale):
-    """A block starts (one stream): the residual scale of the previous block's predictions, then
-    Levinson on the windowed ring (new coefficients into Ab). Returns the scale."""
-    tot = 0.0
-    for j in range(H):                             # inputs newest - H + 1 .. newest, in time order
-        t = (newest - H + 1 + j) % N
-        e = 0.0
-        for p in range(P):
-            e += Rb[(t - 1 - p) % N] * Ab[p]
-        tot += abs(Rb[t] - e)
-    Sb = max(mult * (tot / H), min_scale)
-    for i in range(N):                             # the window, oldest first
-        x[i] = Rb[(newest + 1 + i) % N] * vals_w[i]
-    for k in range(P + 1):
-        acc = 0.0
-        for i in range(N - k):
-            acc += x[i] * x[i + k]
-        ac[k] = acc
-    _levinson(ac, a, tmp, P)
-    for p in range(P):
-        Ab[p] = a[p]
-    return Sb
-
-
-@njit(**JIT)
-def _lpc_step(R, A, S, W, b, tok, h, r, C64, c, N, P, H, codes, feat, pr, z, ex):
-    """One step of model.lpc.LPC for stream b (its ring slot h, r steps into the block), then
-    its features and log-prior (model.lpc.features, log_prior): codes[0], feat (2,), pr (V,);
-    z: scratch (V,). Float64 inside; coefficients, scales and code masses are rounded to the
-    state's dtype where they are stored, as the torch forward does. C64[c:] holds the code
-    values (V), bounds (V - 1), widths (V), the window (N), then FLOOR, MULT, MIN_SCALE,
-    log1p(255), LOG_SCALE_NORM and ZMAX."""
-    V = 256
-    vals, bounds, widths = C64[c:c + V], C64[c + V:c + 2 * V - 1], C64[c + 2 * V - 1:c + 3 * V - 1]
-    k0 = c + 3 * V - 1 + N
-    floor, mult, min_scale, l1p, norm, zmax = C64[k0], C64[k0 + 1], C64[k0 + 2], C64[k0 + 3], C64[k0 + 4], C64[k0 + 5]
-    dt = pr.dtype.type
-    Rb, Ab = R[b], A[b]
-    Rb[h] = vals[tok]                              # the oldest slot takes the newest input
-    if r == 0:                                     # a block starts
-        S[b] = _lpc_refit(Rb, Ab, np.empty(N), np.empty(P + 1), np.empty(P), np.empty(P), h,
-                          C64[c + 3 * V - 1:c + 3 * V - 1 + N], P, H, N, mult, min_scale)
-        sb = float(S[b])
-        for j in range(V):                         # code_mass: -expm1(-width / scale)
-            W[b, j] = -math.expm1(-(widths[j] / sb))
-    pred = 0.0
-    for p in range(min(P, h + 1)):                 # newest first: slots h, h - 1, ... then wrap
-        pred += Rb[h - p] * Ab[p]
-    for p in range(h + 1, P):
-        pred += Rb[N + h - p] * Ab[p]
-    sc = float(S[b])
-    isc = 1.0 / sc
-    lo, hi = 0, V - 1                              # code: the number of bounds <= pred
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if bounds[mid] <= pred:
-            lo = mid + 1
-        else:
-            hi = mid
-    codes[0] = lo
-    pc = min(max(pred, -1.0), 1.0)
-    y = math.log1p(255.0 * abs(pc)) / l1p
-    feat[0] = -y if pc < 0 else y
-    feat[1] = math.log(sc) / norm
-    # the log-prior (log_prior): each code's mass is sigmoid(z_hi) sigmoid(-z_lo) mass[code]
-    w = W[b]
-    one, lo_fl, hi_fl = dt(1), dt(floor / V), dt(1 - floor)
-    for j in range(V - 1):
-        z[j] = dt(min(max((bounds[j] - pred) * isc, -zmax), zmax))   # float64, as log_prior
-        pr[j] = -abs(z[j])
-    _vexp(pr[:V - 1], ex)
-    for j in range(V - 1):                         # two independent loops, so both vectorise
-        e = pr[j]
-        inv = one / (one + e)
-        pr[j] = (e if z[j] <= 0 else one) * inv   # sigmoid(z): mass below bound j
-        z[j] = (e if z[j] >= 0 else one) * inv    # sigmoid(-z): mass above it
-    pr[V - 1] = one                                # code V-1: below +inf; code 0: above -inf
-    pr[0] = hi_fl * (pr[0] * one * w[0]) + lo_fl
-    for j in range(1, V):
-        pr[j] = hi_fl * (pr[j] * z[j - 1] * w[j]) + lo_fl
-    _vlog(pr, ex)
-
-
-@njit(**JIT)
-def _lpc(M, F, I, C64, B, tok, out, ring, head, coef, scale, mass, r_idx, N, P, H, c, ex):
-    """The LPC op: _lpc_step for every stream into M[out:]: codes (B, 1), features (B, 2),
-    log-prior (B, V), then z scratch (B, V); the state leaves are in F and I."""
-    V = 256
-    h, r = I[head], I[r_idx]
-    R = F[ring:ring + B * N].reshape(B, N)
-    A = F[coef:coef + B * P].reshape(B, P)
-    S = F[scale:scale + B]
-    W = F[mass:mass + B * V].reshape(B, V)
-    feat, prior, zs = out + B, out + 3 * B, out + 3 * B + B * V
-    for b in range(B):
-        _lpc_step(R, A, S, W, b, tok[b], h, r, C64, c, N, P, H, M[out + b:out + b + 1],
-                  M[feat + 2 * b:feat + 2 * b + 2], M[prior + b * V:prior + (b + 1) * V],
-                  M[zs + b * V:zs + (b + 1) * V], ex)
-    I[head] = (h + 1) % N
-    I[r_idx] = (r + 1) % H
-
-
-@njit(**JIT)
-def lpc_run(tokens, R, A, S, W, hr, C64, c, N, P, H, codes, feats, prior, ex):
-    """The LPC path over a chunk of tokens (B, T) outside the decoder (training, scoring): the
-    same _lpc_step, into codes (B, T), feats (B, T, 2), prior (B, T, V); hr = [head, r]."""
-    B, T = tokens.shape
-    z = np.empty(prior.shape[2], prior.dtype)
-    h, r = hr[0], hr[1]
-    for t in range(T):
-        for b in range(B):
-            _lpc_step(R, A, S, W, b, tokens[b, t], h, r, C64, c, N, P, H, codes[b, t:t + 1], feats[b, t],
-                      prior[b, t], z, ex)
-        h = (h + 1) % N
-        r = (r + 1) % H
-    hr[0], hr[1] = h, r
-
-
-@njit(**JIT)
-def _prior(M, B, logits, prior, g, V):
-    for b in range(B):
-        v = float(M[g + b])
-        w = M.dtype.type(v if v > 20.0 else math.log1p(math.exp(v)))   # F.softplus, threshold 20
-        lg, pr = M[logits + b * V:logits + (b + 1) * V], M[prior + b * V:prior + (b + 1) * V]
-        for j in range(V):
-            lg[j] += w * pr[j]
-
-
-@njit(**JIT)
-def _sort_desc(x):
-    """Shell sort, descending, in place (small code: np.sort costs seconds of JIT time)."""
-    n = x.shape[0]
-    for gap in (132, 57, 23, 10, 4, 1):                  # Ciura's gaps
-        for i in range(gap, n):
-            v = x[i]
-            j = i
-            while j >= gap and x[j - gap] < v:
-                x[j] = x[j - gap]
-                j -= gap
-            x[j] = v
-
-
-@njit(**JIT)
-def sample(x, temperature, top_k, top_p, u, ex, tmp):
-    """Draw one token from logits x (V,) (overwritten) by inverse CDF with u in [0, 1).
-    Rule shared with sampling.sample_torch: e = exp(x/T - max); top-k zeroes e below the k-th
-    largest (ties kept); top-p keeps the most likely tokens until their mass reaches top_p (the
-    one crossing it included); token = first index whose float64 cumsum exceeds u * sum.
-    tmp: scratch (V,)."""
-    V = x.shape[0]
-    t = x.dtype.type(temperature)
-    for i in range(V):
-        x[i] = x[i] / t
-    mx = x[0]
-    for i in range(V):
-        mx = max(mx, x[i])
-    for i in range(V):
-        x[i] -= mx
-    _vexp(x, ex)
-    if 0 < top_k < V:
-        _copy(tmp, x)
-        _sort_desc(tmp)
-        thr = tmp[top_k - 1]
-        for i in range(V):
-            if x[i] < thr:
-                x[i] = 0
-    if top_p < 1.0:
-        tot = 0.0
-        for i in range(V):
-            tot += x[i]
-        for i in range(V):
-            tmp[i] = x[i] / x.dtype.type(tot)
-        _sort_desc(tmp)
-        cum, thr = 0.0, tmp[0]
-        for j in range(V):
-            if cum >= top_p:
-                break
-            thr = tmp[j]
-            cum += tmp[j]
-        for i in range(V):
-            if x[i] / x.dtype.type(tot) < thr:
-                x[i] = 0
-    tot = 0.0
-    for i in range(V):
-        tot += x[i]
-    target = u * tot
-    cum = 0.0
-    for i in range(V):
-        cum += x[i]
-        if cum > target:
-            return i
-    for i in range(V - 1, -1, -1):                   # rounding: the last token with mass
-        if x[i] > 0:
-            return i
-    return V - 1
-
-
-@njit(**JIT)
-def decode(prog, P, M, F, I, C64, ex, tok, uniform, temperature, top_k, top_p, logits, V, out,
-           forced, logits_out):
-    """Run out.shape[1] steps: feed tok, sample the next token with uniform (n, B) in [0, 1),
-    write it to out (B, n) and tok. The last step's logits (B, V) stay in M at `logits`.
-    Tests: with `forced` (B, n) non-empty, its tokens are fed instead of the samples, and
-    `logits_out` (n, B, V), if non-empty, receives every step's logits."""
+def decode(prog, P, M, F, I, C64, ex, tok, uniform, s, sm, logits, V, out, forced, logits_out):
+    """Run out.shape[1] steps: feed tok, draw the next token with uniform (n, B) in [0, 1),
+    write it to out (B, n) and tok. s: the Sampling's numeric() form, sm: its Sampler's arrays
+    (sample_ops.py). The last step's logits (B, V) stay in M at `logits`. Tests: with `forced`
+    (B, n) non-empty, its tokens are fed instead of the samples, and `logits_out` (n, B, V),
+    if non-empty, receives every step's logits."""
     B = tok.shape[0]
     x = np.empty(V, M.dtype)
     tmp = np.empty(V, M.dtype)
@@ -720,10 +441,7 @@ def decode(prog, P, M, F, I, C64, ex, tok, uniform, temperature, top_k, top_p, l
             elif op == PRIOR:
                 _prior(M, B, a[1], a[2], a[3], a[4])
             pc += 1
-        for b in range(B):
-            _copy(x, M[logits + b * V:logits + (b + 1) * V])
-            if logits_out.shape[0]:
-                _copy(logits_out[t, b], x)
-            out[b, t] = sample(x, temperature, top_k, top_p, uniform[t, b], ex, tmp)
+        draw(M, logits, V, B, t, s, sm, uniform, out, logits_out, x, tmp, ex)
         for b in range(B):
             tok[b] = forced[b, t] if forced.shape[1] else out[b, t]
+        observe(sm, s, tok)

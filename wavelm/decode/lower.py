@@ -25,6 +25,10 @@ from wavelm.model.state import State
 from . import kernels as K
 
 
+_NO_FORCE = np.zeros((0, 0), np.int64)
+_NO_LOGITS = {np.dtype(d): np.zeros((0, 0, 0), d) for d in (np.float32, np.float64)}
+
+
 class Unsupported(Exception):
     """The model holds a module (or a setting) the fast step does not implement."""
 
@@ -53,17 +57,30 @@ class Program:
             raise Unsupported("state layout differs from the model's")
         return state.floats.detach().numpy(), state.ints.numpy()
 
+    def run(self, state: State, tok: np.ndarray, noise: np.ndarray, sampler) -> np.ndarray:
+        """Decode noise.shape[0] steps from `state` (advanced in place) with the pending input
+        tokens tok (B,) (advanced too), uniforms noise (n, B) and a sampling.Sampler (its state
+        advanced): tokens (B, n)."""
+        F, I = self.arrays(state)
+        out = np.empty((self.batch_size, noise.shape[0]), np.int64)
+        K.decode(self.prog, self.P, self.M, F, I, self.C64, self.ex, tok, noise, sampler.s.numeric(),
+                 sampler.arrays(), self.logits, self.vocab, out, _NO_FORCE, _NO_LOGITS[self.M.dtype])
+        return out
+
     def teacher_forced(self, state: State, tokens: np.ndarray) -> np.ndarray:
         """Feed tokens (B, T) one step at a time from `state` (advanced in place); returns every
         step's logits (T, B, V)."""
+        from .sample_ops import no_sampler
+        from .sampling import Sampling
+
         F, I = self.arrays(state)
         tokens = np.ascontiguousarray(tokens, np.int64)
         B, T = tokens.shape
         out = np.empty((B, T), np.int64)
         logits = np.empty((T, B, self.vocab), self.M.dtype)
         K.decode(self.prog, self.P, self.M, F, I, self.C64, self.ex, tokens[:, 0].copy(), np.zeros((T, B)),
-                 1.0, 0, 1.0, self.logits, self.vocab, out, np.ascontiguousarray(np.roll(tokens, -1, axis=1)),
-                 logits)
+                 Sampling().numeric(), no_sampler(B), self.logits, self.vocab, out,
+                 np.ascontiguousarray(np.roll(tokens, -1, axis=1)), logits)
         return logits
 
     def logits_view(self) -> np.ndarray:
@@ -120,8 +137,12 @@ class Builder:
                 return leaf.storage_offset() - base.storage_offset()
         raise Unsupported("a state leaf outside the state's flat tensors")
 
-    def emit(self, op: int, *args) -> int:
-        self.ops.append([op, *map(int, args)])
+    def emit(self, op: int, **operands) -> int:
+        """Append a row: op and its operands by name (kernels.OPERANDS). Returns its index."""
+        names = K.OPERANDS[op].split()
+        if set(operands) != set(names):
+            raise TypeError(f"op {op} takes {names}, got {sorted(operands)}")
+        self.ops.append([op, *(int(operands[n]) for n in names)])
         return len(self.ops) - 1
 
     def lower(self, module, *args):
@@ -136,10 +157,10 @@ class Builder:
     def norm(self, m: nn.Module, src, dst, C):
         """nn.LayerNorm (affine, with bias) or nn.RMSNorm (affine); may be in place."""
         if isinstance(m, nn.LayerNorm) and m.weight is not None and m.bias is not None:
-            self.emit(K.LN, src, dst, C, self.param(m.weight), self.param(m.bias), self.const(m.eps))
+            self.emit(K.LN, src=src, dst=dst, C=C, g=self.param(m.weight), b=self.param(m.bias), eps=self.const(m.eps))
         elif isinstance(m, nn.RMSNorm) and m.weight is not None:
             eps = m.eps if m.eps is not None else torch.finfo(m.weight.dtype).eps
-            self.emit(K.LN, src, dst, C, self.param(m.weight), -1, self.const(eps))
+            self.emit(K.LN, src=src, dst=dst, C=C, g=self.param(m.weight), b=-1, eps=self.const(eps))
         else:
             raise Unsupported(f"norm {type(m).__name__} (affine LayerNorm or RMSNorm only)")
 
@@ -150,58 +171,68 @@ class Builder:
         if rows is not None:
             w = w[rows]
             b = None if b is None else b[rows]
-        self.emit(K.LINEAR, src, dst, w.shape[1], w.shape[0], self.param(w), -1 if b is None else self.param(b))
+        self.emit(K.LINEAR, src=src, dst=dst, n_in=w.shape[1], n_out=w.shape[0], w=self.param(w),
+                  b=-1 if b is None else self.param(b))
 
     def embed(self, emb: nn.Embedding, dst, codes=None):
         """dst = the rows of the input tokens, or of the codes held (as floats) in M[codes] (B, 1)."""
         if codes is None:
-            self.emit(K.EMBED, dst, self.param(emb.weight), emb.embedding_dim, emb.num_embeddings)
+            self.emit(K.EMBED, dst=dst, w=self.param(emb.weight), C=emb.embedding_dim, V=emb.num_embeddings)
         else:
-            self.emit(K.EMBEDM, dst, self.param(emb.weight), emb.embedding_dim, emb.num_embeddings, codes)
+            self.emit(K.EMBEDM, dst=dst, w=self.param(emb.weight), C=emb.embedding_dim, V=emb.num_embeddings, codes=codes)
 
     # -- elementwise -------------------------------------------------------------------------
     def silu(self, x, n):
-        self.emit(K.SILU, x, n)
+        self.emit(K.SILU, x=x, n=n)
         self.exp_max = max(self.exp_max, 2 * self.B * n)
 
     def relu(self, x, n):
-        self.emit(K.RELU, x, n)
+        self.emit(K.RELU, x=x, n=n)
 
     def gate(self, a, g, n, kind: str):
         """a *= sigmoid(g) ("sigmoid", a GLU) or a *= silu(g) ("silu")."""
-        self.emit(K.GATE, a, g, n, {"sigmoid": 0, "silu": 1}[kind])
+        self.emit(K.GATE, a=a, g=g, n=n, kind={"sigmoid": 0, "silu": 1}[kind])
         self.exp_max = max(self.exp_max, 2 * self.B * n)
 
     def axpy(self, dst, src, n, alpha=1.0):
-        self.emit(K.AXPY, dst, src, n, self.const(alpha))
+        self.emit(K.AXPY, dst=dst, src=src, n=n, alpha=self.const(alpha))
 
     # -- time mixing (state leaves from the module's own state) ------------------------------
-    def dwconv(self, src, dst, C, k, dil, w_kc, bias, state):
-        """Causal depthwise conv; w_kc (K, C); state: ConvState with ring (B, (K-1) dil, C)."""
-        self.emit(K.DWCONV, src, dst, C, k, dil, self.param(w_kc), self.param(bias),
-                  self.at(state.ring), self.at(state.head))
-
-    def conv(self, src, dst, cin, cout, k, w_koi, bias, state):
-        """Causal full conv, dilation 1; w_koi (K, Cout, Cin); ring (B, K-1, Cin)."""
-        self.emit(K.CONV, src, dst, cin, cout, k, self.param(w_koi), self.param(bias),
-                  self.at(state.ring), self.at(state.head))
+    def conv1d(self, conv: nn.Conv1d, src, dst, state):
+        """A causal nn.Conv1d (left-padded by the caller's forward), one step: depthwise (any
+        dilation) or full (dilation 1); state: the module's ConvState, ring (B, L, C_in).
+        The kernels' weight layouts are chosen here: (K, C) depthwise, (K, C_out, C_in) full."""
+        if not isinstance(conv, nn.Conv1d):
+            raise Unsupported(f"{type(conv).__name__} where a Conv1d was expected")
+        k, d, cin, cout = conv.kernel_size[0], conv.dilation[0], conv.in_channels, conv.out_channels
+        bias = self.param(conv.bias if conv.bias is not None else torch.zeros(cout))
+        ring = dict(ring=self.at(state.ring), head=self.at(state.head))
+        if conv.groups == cin == cout:
+            self.emit(K.DWCONV, src=src, dst=dst, C=cin, K=k, dil=d, w=self.param(conv.weight[:, 0, :].T), b=bias,
+                      **ring)
+        elif conv.groups == 1 and d == 1:
+            self.emit(K.CONV, src=src, dst=dst, Cin=cin, Cout=cout, K=k, w=self.param(conv.weight.permute(2, 0, 1)),
+                      b=bias, **ring)
+        else:
+            raise Unsupported("fast step: grouped or dilated full conv")
 
     def attend(self, qkv, dst, H, D, W, rope_base, state):
         """One query per stream: qkv (B, 3 H D) -> dst (B, H D); state: AttnState."""
         inv = rope_base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)   # as layers.rope
         scores = self.tmp(-(-(W + D) // self.B))          # W scores, then D/2 cos and D/2 sin
         self.exp_max = max(self.exp_max, W)
-        self.emit(K.ATTN, qkv, dst, H, D, W, self.at(state.k), self.at(state.v), self.at(state.pos),
-                  self.at(state.offset), self.at(state.start), self.const(inv.numpy()), scores)
+        self.emit(K.ATTN, qkv=qkv, dst=dst, H=H, D=D, W=W, k=self.at(state.k), v=self.at(state.v),
+                  pos=self.at(state.pos), off=self.at(state.offset), start=self.at(state.start),
+                  inv=self.const(inv.numpy()), scores=scores)
 
     def pool(self, src, dst, C, p, state, group) -> int:
         """dst = held[r], buf[r] = src; a completed group is copied to `group` (B, p C) and the
         ops up to `land(...)` run, else they are skipped. Returns the label for `land`."""
-        return self.emit(K.POOL, src, dst, C, p, self.at(state.buf), self.at(state.held), self.at(state.r),
-                         -1, group)
+        return self.emit(K.POOL, src=src, dst=dst, C=C, p=p, buf=self.at(state.buf), held=self.at(state.held),
+                         r=self.at(state.r), jump=-1, grp=group)
 
     def land(self, label: int):
-        self.ops[label][8] = len(self.ops)
+        self.ops[label][K.column(K.POOL, "jump")] = len(self.ops)
 
     def lpc(self, lpc, state):
         """The LPC path's step (model/lpc.py) on the input tokens; state: LPCState. Returns the
@@ -211,17 +242,18 @@ class Builder:
         c = self.const(L.constants(lpc.window))
         self.exp_max = max(self.exp_max, L.V)
         out = self.tmp(3 + 2 * L.V)                  # codes, features, log-prior, z scratch
-        self.emit(K.LPC, out, self.at(state.ring), self.at(state.head), self.at(state.coef), self.at(state.scale),
-                  self.at(state.mass), self.at(state.r), lpc.window, lpc.order, lpc.hop, c)
+        self.emit(K.LPC, out=out, ring=self.at(state.ring), head=self.at(state.head), coef=self.at(state.coef),
+                  scale=self.at(state.scale), mass=self.at(state.mass), r=self.at(state.r), N=lpc.window,
+                  P=lpc.order, H=lpc.hop, c=c)
         return out, out + self.B, out + 3 * self.B
 
     def add_prior(self, logits, prior, g, V):
         """logits += softplus(g) * prior, per stream; g (B, 1)."""
-        self.emit(K.PRIOR, logits, prior, g, V)
+        self.emit(K.PRIOR, logits=logits, prior=prior, g=g, V=V)
 
     def store(self, leaf: torch.Tensor, src, n):
         """State leaf (B, n) = M[src] (B, n)."""
-        self.emit(K.STORE, self.at(leaf), src, n)
+        self.emit(K.STORE, dst=self.at(leaf), src=src, n=n)
 
 
 def compile_model(model, batch_size: int) -> Program:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .sampling import Noise, Sampling, sample_torch
+from .sampling import Noise, Sampler
 
 
 class TorchDecoder:
@@ -12,9 +12,9 @@ class TorchDecoder:
 
     name = "torch"
 
-    def __init__(self, model, state, tok: torch.Tensor, sampling: Sampling, noise: Noise):
+    def __init__(self, model, state, tok: torch.Tensor, sampler: Sampler, noise: Noise):
         self.model, self.state, self.tok = model, state, tok
-        self.sampling, self.noise = sampling, noise
+        self.sampler, self.noise = sampler, noise
         self.last_logits = None
 
     @torch.inference_mode()
@@ -25,7 +25,7 @@ class TorchDecoder:
         tok, logits = self.tok, self.last_logits
         for t in range(n):
             logits = self.model(tok[:, None], state=self.state)[:, 0]
-            tok = sample_torch(logits, u[t], self.sampling)
+            tok = self.sampler.step(logits, u[t])
             out[:, t] = tok
         self.tok, self.last_logits = tok, logits
         return out

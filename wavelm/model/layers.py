@@ -44,15 +44,7 @@ class CausalConv(nn.Module):
 
     def lower(self, b, state, src, dst):
         """The fast decode step of this module (wavelm/decode/lower.py)."""
-        conv = self.conv
-        k, d, cin, cout = conv.kernel_size[0], conv.dilation[0], conv.in_channels, conv.out_channels
-        bias = conv.bias if conv.bias is not None else torch.zeros(cout)
-        if conv.groups == cin == cout:
-            b.dwconv(src, dst, cin, k, d, conv.weight[:, 0, :].T, bias, state)
-        elif conv.groups == 1 and d == 1:
-            b.conv(src, dst, cin, cout, k, conv.weight.permute(2, 0, 1), bias, state)
-        else:
-            raise NotImplementedError("fast step: grouped or dilated full conv")
+        b.conv1d(self.conv, src, dst, state)
 
     def lookback(self):
         return self.context

@@ -25,8 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wavelm.checkpoint import Pretrained
-
 from .blocks import make_blocks
 from .config import ModelConfig
 from .lpc import LPC, features, log_prior
@@ -139,8 +137,8 @@ class Stage(nn.Module):
         return sum(b.lookback() for b in (*self.pre, *self.post)) + (self.pool.lookback() if self.pool else 0)
 
 
-class WaveLM(Pretrained, nn.Module):
-    """from_pretrained(path=None) / save_pretrained(path): see wavelm.checkpoint."""
+class WaveLM(nn.Module):
+    """from_pretrained(path=None) / save_pretrained(path): wavelm.checkpoint's load_model / save_model."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -234,10 +232,23 @@ class WaveLM(Pretrained, nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # -- checkpoints: wavelm/checkpoint.py is built on this class, so it is imported when used ----
+    @classmethod
+    def from_pretrained(cls, path=None, map_location="cpu", config=None) -> "WaveLM":
+        """Load a checkpoint directory; `path=None` loads the bundled default model; `config`
+        (a ModelConfig), if given, must match the checkpoint's."""
+        from wavelm.checkpoint import load_model
+
+        return load_model(path, map_location=map_location, config=config)
+
+    def save_pretrained(self, path, extra: dict | None = None):
+        from wavelm.checkpoint import save_model
+
+        return save_model(self, path, extra=extra)
 
 
 def load_model(path=None, map_location="cpu", config=None) -> WaveLM:
-    """WaveLM.from_pretrained: a checkpoint directory (None: the bundled model)."""
+    """WaveLM.from_pretrained (kept for old imports; new code imports wavelm.checkpoint.load_model)."""
     return WaveLM.from_pretrained(path, map_location=map_location, config=config)
 
 

@@ -35,9 +35,9 @@ from wavelm.data.sampler import CropSampler, split_segments, val_crops
 
 from .config import DataConfig, TrainConfig, configs_from_recipe
 from .distributed import Dist
-from .loop import (TrainingDiverged, evaluate, forward_backward, loss_fn, lr_lambda, make_optimizer, train,
-                   use_bf16)
+from .loop import TrainingDiverged, evaluate, forward_backward, loss_fn, train, use_bf16
 from .rundir import DataChanged, load_trainer_state, open_data, prepare_run_dir, save_checkpoint
+from .setup import lr_lambda, make_optimizer
 
 __all__ = ["CropSampler", "DataChanged", "DataConfig", "Dist", "TrainConfig", "TrainingDiverged",
            "configs_from_recipe", "evaluate", "forward_backward", "load_trainer_state", "loss_fn", "lr_lambda", "make_optimizer",

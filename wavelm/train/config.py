@@ -5,6 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from wavelm.data.formats import get_format, quantization_of
 from wavelm.model.config import ModelConfig
 
 
@@ -63,18 +64,14 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     path: str = ""               # audio folder or token cache
-    format: str = "folder"       # folder | youtubemix (how an audio folder is prepared)
-    quantization: str = ""       # youtubemix: s4 (default) | mulaw
+    format: str = "folder"       # a name in wavelm.data.formats.FORMATS (how an audio folder is prepared)
+    quantization: str = ""       # "" = the format's default; youtubemix: s4 (default) | mulaw
     sample_rate: int = 16000
 
     def __post_init__(self):
         _coerce(self, "data")
-        if self.format not in ("folder", "youtubemix"):
-            raise ValueError(f"data.format must be folder or youtubemix, got {self.format!r}")
-        if self.quantization not in ("", "s4", "mulaw"):
-            raise ValueError(f"data.quantization must be s4 or mulaw, got {self.quantization!r}")
-        if self.format == "folder" and self.quantization == "s4":
-            raise ValueError("data.quantization s4 needs data.format youtubemix (it scales each chunk)")
+        fmt = get_format(self.format, "data.format")     # the formats room: wavelm/data/formats.py
+        quantization_of(fmt, self.quantization, "data.quantization", "data.format")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

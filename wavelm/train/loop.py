@@ -1,4 +1,9 @@
-"""The training loop: steps (loss, optimizer, schedule, accumulation), validation, and `train`."""
+"""The training loop: steps (loss, bf16 autocast, accumulation), validation, and `train`.
+
+`train` sets a run up in named steps (wavelm/train/setup.py: device, run dir and data, crops,
+model, optimizer, compile/DDP; in this order, for the RNG draws are part of exact resume), then
+a `Trainer` runs the loop, which reads like nanoGPT's: a step and its log record, validation
+and checkpoints when they are due, and the reasons to stop."""
 from __future__ import annotations
 
 import contextlib
@@ -11,26 +16,22 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from wavelm.audio import LN2
-from wavelm.checkpoint import load_weights_into
-from wavelm.data.sampler import IGNORE, CropSampler, split_segments, val_batch, val_crops
+from wavelm.data.sampler import IGNORE, CropSampler, val_batch
 from wavelm.files import atomic_write_text, hold_lock
-from wavelm.decode.fast import use_lpc_kernel
 from wavelm.hardware import machine
 from wavelm.interrupt import Interrupted, deferred_stop
 from wavelm.model.config import ModelConfig
-from wavelm.model.lm import WaveLM, load_model
+from wavelm.model.lm import WaveLM
 
 from .config import DataConfig, TrainConfig
-from .distributed import Dist, device_for
-from .rundir import (DATA_CHANGED, LOCK_NAME, Metrics, frozen_splits, load_trainer_state, open_data,
-                     open_run_data, prepare_run_dir, read_split, rng_state, save_checkpoint,
-                     set_rng_state, with_splits)
+from .distributed import Dist
+from .rundir import DATA_CHANGED, LOCK_NAME, Metrics, rng_state, save_checkpoint
+from .setup import build_net, choose_device, crops, open_run, optimizer_for, wrap
 
 log = logging.getLogger("wavelm.train")
 
@@ -42,25 +43,6 @@ class TrainingDiverged(RuntimeError):
 def loss_fn(logits, y):
     """Mean cross-entropy in nats over the non-padding targets."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
-
-
-def lr_lambda(cfg: TrainConfig):
-    def f(step):  # step = optimizer steps done so far; the factor applies to step + 1
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * p))
-    return f
-
-
-def make_optimizer(model, cfg: TrainConfig, device):
-    """AdamW (decay on matrices and embeddings, not on norms and biases) + warm-up/cosine."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            fused=torch.device(device).type == "cuda")
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
 
 @functools.cache
@@ -149,218 +131,244 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, data, out, resume: bool = Fa
             raise ValueError(f"{out}: is a file; --out must be a run directory")
         # one owner per run folder: rank 0 holds RUN/.wavelm.lock before anything is written
         with hold_lock(out / LOCK_NAME, out) if dist.rank == 0 else contextlib.nullcontext():
-            return _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress,
-                          on_start, dist, data_changed)
+            trainer = _setup(cfg, model_cfg, data, out, dist, data_cfg=data_cfg, resume=resume,
+                             overwrite=overwrite, data_changed=data_changed, progress=progress)
+            trainer.announce(on_start)
+            return trainer.run(stop_at)
     finally:
         dist.close()
 
 
-def _train(cfg, model_cfg, data, out, resume, data_cfg, overwrite, stop_at, progress, on_start, dist,
-           data_changed):
+# -- the run, set up in order (wavelm/train/setup.py) ------------------------------------------
+
+def _setup(cfg, model_cfg, data, out, dist, *, data_cfg, resume, overwrite, data_changed, progress) -> Trainer:
+    """The run ready for its first step: device, data, model, optimizer, in this order."""
     t_start = time.monotonic()
-    device = device_for(cfg, dist.local_rank, dist.world)
-    if device.type == "cpu" and cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.tensorboard and dist.rank == 0:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package: "
-                             "pip install 'wavelm[tensorboard]'") from None
-    rank0 = dist.rank == 0
-
-    def setup():
-        if not rank0:
-            return (out / "last" if resume else None), open_data(data, out, data_cfg, progress=False)
-        ckpt = prepare_run_dir(out, resume, overwrite)
-        frozen = read_split(out) if ckpt is not None else None
-        return ckpt, open_run_data(data, out, data_cfg, frozen, data_changed, progress=progress)
-
-    ckpt, cache = dist.rank0_first(setup)
-    cache = with_splits(cache, frozen_splits(cache, read_split(out)))   # RUN/split.json, by rank 0
+    device = choose_device(cfg, dist)
+    ckpt, cache = open_run(data, out, data_cfg, dist, resume=resume, overwrite=overwrite,
+                           data_changed=data_changed, progress=progress)
     if cache.sample_rate != model_cfg.sample_rate:
         log.info("model sample_rate %d -> %d (the data's)", model_cfg.sample_rate, cache.sample_rate)
         model_cfg = dataclasses.replace(model_cfg, sample_rate=cache.sample_rate)
-
-    train_segs, val_segs, val_split = split_segments(cache, "train"), split_segments(cache, "val"), "val"
-    if not val_segs:
-        log.warning("%s: no val split; validating on fixed train crops (optimistic numbers)", cache.path)
-        val_segs, val_split = train_segs, "train"
-    sampler = CropSampler(train_segs, cfg.seq_len, cfg.seed, dist.rank, cfg.input_noise, model_cfg.vocab_size)
-    if sampler.skipped and rank0:
-        log.warning("%d of %d train segments are shorter than seq_len=%d and are skipped",
-                    sampler.skipped, len(train_segs), cfg.seq_len)
-    val_len = cfg.val_seq_len or cfg.seq_len
-    pieces = val_crops(val_segs, val_len, cfg.val_crops)
-
-    # model, optimizer, state
-    torch.manual_seed(cfg.seed)  # identical init on every rank
-    state = None
-    if ckpt is not None:
-        net, state = load_trainer_state(ckpt, model_cfg)
-        net.train()
-    elif cfg.init:
-        net = WaveLM(model_cfg)     # the requested config; the weights must fit it, dropout may differ
-        load_weights_into(net, load_model(Path(cfg.init).expanduser()), cfg.init)
-        net.float().train()
-        if rank0:
-            log.info("weights from %s (optimizer and schedule start afresh)", cfg.init)
-    else:
-        net = WaveLM(model_cfg)
-    net.to(device)
-    if device.type == "cpu":
-        use_lpc_kernel(net)                  # the LPC path (if any) through numba: same numbers, faster
-    opt, sched = make_optimizer(net, cfg, device)
-    step, best, best_step = 0, None, None
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _apply_hparams(opt, sched, cfg)
-        step, best, best_step = state["step"], state.get("best_val_bits"), state.get("best_step")
-        rngs = state["rng"]
-        if len(rngs) != dist.world:
-            log.warning("resuming with %d processes, saved with %d: data order and dropout differ",
-                        dist.world, len(rngs))
-        set_rng_state(rngs[dist.rank % len(rngs)], device)
-    else:
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, dist.rank, 1]).generate_state(1)[0]))
-    model = net
-    if cfg.compile:
-        model = torch.compile(model)
-    ddp = None
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
+    sampler, pieces, val_len, val_split = crops(cfg, model_cfg, cache, dist)
+    net, state = build_net(cfg, model_cfg, ckpt, device, dist)
+    opt, sched = optimizer_for(net, cfg, device, dist, state)
+    model, ddp = wrap(net, cfg, device, dist)
     data_cfg = dataclasses.replace(  # absolute, so that --resume works from anywhere
         data_cfg, path=str(Path(data_cfg.path).expanduser().resolve()) if data_cfg.path else str(cache.path))
     data_info = {"path": data_cfg.path, "cache": str(cache.path), "codec": cache.codec,
                  "format": data_cfg.format, "hours": cache.meta["hours"], "val_split": val_split}
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.accum * dist.world
-    metrics = None
-    if rank0:
-        atomic_write_text(out / "run.json", json.dumps(
-            {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": data_cfg.to_dict()}, indent=2) + "\n")
-        metrics = Metrics(out, step, cfg.tensorboard)
-        bf16 = use_bf16(device, cfg)
-        metrics.write({"event": "start", "step": step, "machine": machine(), "device": str(device),
-                       "world_size": dist.world, "bf16": bf16, "time": time.time()})
-        if on_start is not None:
-            on_start({"params": net.num_parameters(), "model": model_cfg, "train": cfg, "data": data_info,
-                      "cache": cache, "world_size": dist.world, "device": str(device),
-                      "threads": torch.get_num_threads(), "tokens_per_step": tokens_per_step,
-                      "bf16": bf16,
-                      "start_step": step, "val_crops": len(pieces), "val_seq_len": val_len,
-                      "train_segments": len(sampler.segs), "out": str(out)})
+    t = Trainer(cfg=cfg, model_cfg=model_cfg, data_cfg=data_cfg, out=out, dist=dist, device=device, net=net,
+                model=model, ddp=ddp, opt=opt, sched=sched, sampler=sampler, pieces=pieces, val_len=val_len,
+                cache=cache, data_info=data_info, progress=progress, t_start=t_start)
+    if state is not None:
+        t.step, t.best, t.best_step, t.val_bits = (state["step"], state.get("best_val_bits"),
+                                                   state.get("best_step"), state.get("val_bits"))
+    t.evaluated = t.saved = t.step  # a resumed step is already validated and saved
+    return t
 
-    def checkpoint(val_bits, with_state=True, as_best=False):
-        rngs = dist.gather(rng_state(device))  # every rank takes part
-        if not rank0:
+
+# -- the loop -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class Trainer:
+    """A run set up by `_setup`: `run` is the loop, each step a method. `net` holds the weights
+    that are saved; `model` is what the steps run (`net` compiled and/or in DDP)."""
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+    out: Path
+    dist: Dist
+    device: torch.device
+    net: WaveLM
+    model: torch.nn.Module
+    ddp: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    sampler: CropSampler
+    pieces: list                   # the fixed validation crops
+    val_len: int
+    cache: object
+    data_info: dict
+    progress: bool
+    t_start: float
+    step: int = 0                  # optimizer steps done
+    best: float | None = None      # the lowest validation bits so far, and its step
+    best_step: int | None = None
+    val_bits: float | None = None  # the latest validation
+    evaluated: int = 0             # the step last validated
+    saved: int = 0                 # the step last saved with its trainer state (last/)
+    metrics: Metrics | None = None  # rank 0
+    bar: tqdm | None = None
+    train_bits: float | None = None  # the latest train record's loss and tokens/s
+    tok_s: float = 0.0
+    t_log: float = 0.0             # the window of steps since that record: start, steps, loss sum
+    n_log: int = 0
+    loss_log: float = 0.0
+
+    @property
+    def rank0(self) -> bool:
+        return self.dist.rank == 0
+
+    @property
+    def save_every(self) -> int:
+        return self.cfg.save_every or self.cfg.eval_every
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len * self.cfg.accum * self.dist.world
+
+    def announce(self, on_start=None):
+        """Rank 0: run.json, the metrics log with its `start` record, and on_start(the run)."""
+        if not self.rank0:
             return
-        meta = {"step": step, "val_bits": val_bits, "best_val_bits": best, "best_step": best_step,
-                "train": cfg.to_dict(), "data": data_info}
-        if as_best:
-            save_checkpoint(net, out / "best", meta)
-        if with_state:
-            ts = {"format": 1, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "rng": rngs, "sampler": {"kind": "stateless", "seed": cfg.seed, "world_size": dist.world},
-                  "best_val_bits": best, "best_step": best_step, "val_bits": val_bits}
-            save_checkpoint(net, out / "last", meta, ts)
+        cfg, model_cfg = self.cfg, self.model_cfg
+        atomic_write_text(self.out / "run.json", json.dumps(
+            {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "data": self.data_cfg.to_dict()}, indent=2) + "\n")
+        self.metrics = Metrics(self.out, self.step, cfg.tensorboard)
+        bf16 = use_bf16(self.device, cfg)
+        self.metrics.write({"event": "start", "step": self.step, "machine": machine(), "device": str(self.device),
+                            "world_size": self.dist.world, "bf16": bf16, "time": time.time()})
+        if on_start is not None:
+            on_start({"params": self.net.num_parameters(), "model": model_cfg, "train": cfg, "data": self.data_info,
+                      "cache": self.cache, "world_size": self.dist.world, "device": str(self.device),
+                      "threads": torch.get_num_threads(), "tokens_per_step": self.tokens_per_step,
+                      "bf16": bf16, "start_step": self.step, "val_crops": len(self.pieces), "val_seq_len": self.val_len,
+                      "train_segments": len(self.sampler.segs), "out": str(self.out)})
 
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0.1,
-               disable=not (progress and rank0))
-    save_every = cfg.save_every or cfg.eval_every
-    val_bits = state and state.get("val_bits")
-    stopped, tok_s, train_bits = "done", 0.0, None
-    evaluated = saved = step  # a resumed step is already validated and saved
-    t_log, n_log, loss_log = time.monotonic(), 0, 0.0
+    def run(self, stop_at: int | None = None) -> dict:
+        """Steps until cfg.steps, stop_at, the time budget or a signal; the summary."""
+        self.bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, smoothing=0.1,
+                        disable=not (self.progress and self.rank0))
+        self.t_log = time.monotonic()
+        with deferred_stop() as stop:   # SIGINT/SIGTERM: end the step, save last/, then Interrupted
+            try:
+                stopped = self.loop(stop, stop_at)
+                self.finish(stopped)
+            finally:
+                self.close()
+        if stopped == "signal":
+            signum = stop.signum or signal.SIGTERM
+            if self.rank0:
+                log.info("stopped by %s at step %d: %s saved; continue with --resume",
+                         signal.Signals(signum).name, self.step, self.out / "last")
+            raise Interrupted(signum)
+        return self.summary(stopped)
 
-    def validate():
-        nonlocal val_bits, best, best_step, evaluated
-        val_bits = evaluate(net, pieces, cfg, val_len, device, dist)
-        improved = best is None or val_bits < best
+    def loop(self, stop, stop_at: int | None) -> str:
+        """The steps; returns why they ended: done, stop_at, time (cfg.max_minutes) or signal."""
+        while self.step < self.cfg.steps:
+            if stop_at is not None and self.step >= stop_at:
+                return "stop_at"
+            over, halt = self.train_step(stop)
+            improved = self.step % self.cfg.eval_every == 0 and self.validate()
+            if improved or self.step % self.save_every == 0:
+                self.save(with_state=self.step % self.save_every == 0, as_best=improved)
+            self.show()
+            if over:
+                return "time"
+            if halt:
+                return "signal"
+        return "done"
+
+    def train_step(self, stop) -> tuple[float, float]:
+        """One optimizer step over cfg.accum micro-batches, logged; returns (over the time budget,
+        a stop signal), summed over the ranks (with the loss: one sync) so that all stop alike."""
+        cfg, dist = self.cfg, self.dist
+        batches = [self.sampler.batch(self.step, m, cfg.batch_size) for m in range(cfg.accum)]
+        loss, gnorm = forward_backward(self.model, batches, cfg, self.device, self.ddp.no_sync if self.ddp else None)
+        over = self.rank0 and cfg.max_minutes > 0 and time.monotonic() - self.t_start > cfg.max_minutes * 60
+        halt = stop.signum is not None
+        loss, gnorm, over, halt = dist.all_sum([loss.item(), gnorm.item(), float(over), float(halt)], self.device)
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            raise TrainingDiverged(_diverged_message(self.out, self.step + 1, loss, gnorm))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.bar.update(1)
+        self.log_step(loss, gnorm)
+        return over, halt
+
+    def log_step(self, loss_sum: float, gnorm_sum: float):
+        """The step's loss joins the window; every log_every steps (and at the last) the window's
+        `train` record."""
+        self.loss_log += loss_sum / self.dist.world
+        self.n_log += 1
+        if self.step % self.cfg.log_every != 0 and self.step != self.cfg.steps:
+            return
+        dt = time.monotonic() - self.t_log
+        self.tok_s = self.n_log * self.tokens_per_step / max(dt, 1e-9)
+        self.train_bits = self.loss_log / self.n_log / LN2
+        if self.metrics:
+            self.metrics.write({"event": "train", "step": self.step, "loss_bits": self.train_bits,
+                                "lr": self.sched.get_last_lr()[0], "grad_norm": gnorm_sum / self.dist.world,
+                                "tokens_per_s": self.tok_s, "elapsed_s": time.monotonic() - self.t_start,
+                                "time": time.time()})
+        self.t_log, self.n_log, self.loss_log = time.monotonic(), 0, 0.0
+
+    def validate(self) -> bool:
+        """Validation bits of this step (a `val` record); whether they are the best so far."""
+        self.val_bits = evaluate(self.net, self.pieces, self.cfg, self.val_len, self.device, self.dist)
+        improved = self.best is None or self.val_bits < self.best
         if improved:
-            best, best_step = val_bits, step
-        if metrics:
-            metrics.write({"event": "val", "step": step, "val_bits": val_bits, "best_val_bits": best,
-                           "time": time.time()})
-        evaluated = step
+            self.best, self.best_step = self.val_bits, self.step
+        if self.metrics:
+            self.metrics.write({"event": "val", "step": self.step, "val_bits": self.val_bits,
+                                "best_val_bits": self.best, "time": time.time()})
+        self.evaluated = self.step
         return improved
 
-    with deferred_stop() as stop:   # SIGINT/SIGTERM: end the step, save last/, then Interrupted
-        try:
-            while step < cfg.steps:
-                if stop_at is not None and step >= stop_at:
-                    stopped = "stop_at"
-                    break
-                batches = [sampler.batch(step, m, cfg.batch_size) for m in range(cfg.accum)]
-                loss, gnorm = forward_backward(model, batches, cfg, device, ddp.no_sync if ddp else None)
-                over = rank0 and cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60
-                halt = stop.signum is not None
-                loss_sum, gnorm, over, halt = dist.all_sum([loss.item(), gnorm.item(), float(over), float(halt)],
-                                                           device)
-                if not (math.isfinite(loss_sum) and math.isfinite(gnorm)):
-                    raise TrainingDiverged(_diverged_message(out, step + 1, loss_sum, gnorm))
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                loss_log += loss_sum / dist.world
-                n_log += 1
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    dt = time.monotonic() - t_log
-                    tok_s = n_log * tokens_per_step / max(dt, 1e-9)
-                    train_bits = loss_log / n_log / LN2
-                    if metrics:
-                        metrics.write({"event": "train", "step": step, "loss_bits": train_bits,
-                                       "lr": sched.get_last_lr()[0], "grad_norm": gnorm / dist.world,
-                                       "tokens_per_s": tok_s, "elapsed_s": time.monotonic() - t_start,
-                                       "time": time.time()})
-                    t_log, n_log, loss_log = time.monotonic(), 0, 0.0
-                improved = step % cfg.eval_every == 0 and validate()
-                if improved or step % save_every == 0:
-                    checkpoint(val_bits, with_state=step % save_every == 0, as_best=improved)
-                    saved = step if step % save_every == 0 else saved
-                if step % cfg.log_every == 0 or step == evaluated:
-                    bar.set_postfix_str(f"loss {_fmt(train_bits)} b  val {_fmt(val_bits)} b  {tok_s:,.0f} tok/s")
-                if over:
-                    stopped = "time"
-                    break
-                if halt:
-                    stopped = "signal"
-                    break
-            if stopped == "signal":   # save last/ now; no validation (the next one comes when it is due)
-                if saved != step:
-                    checkpoint(val_bits)
-            else:   # the end, a time budget or stop_at: the final step is validated and saved
-                improved = evaluated != step and validate()
-                if saved != step or improved:
-                    checkpoint(val_bits, with_state=saved != step, as_best=improved)
-        finally:
-            bar.close()
-            if metrics:
-                metrics.close()
-    if stopped == "signal":
-        if rank0:
-            log.info("stopped by %s at step %d: %s saved; continue with --resume",
-                     signal.Signals(stop.signum or signal.SIGTERM).name, step, out / "last")
-        raise Interrupted(stop.signum or signal.SIGTERM)
-    return {"step": step, "stopped": stopped, "val_bits": val_bits, "best_val_bits": best,
-            "best_step": best_step, "tokens_per_s": tok_s, "params": net.num_parameters(),
-            "elapsed_s": time.monotonic() - t_start, "out": str(out), "best": str(out / "best"),
-            "last": str(out / "last"), "cache": str(cache.path)}
+    def save(self, with_state: bool = True, as_best: bool = False):
+        """This step's last/ (with the trainer state: optimizer, schedule, every rank's RNG) and/or
+        best/; every rank takes part, rank 0 writes."""
+        rngs = self.dist.gather(rng_state(self.device))
+        if with_state:
+            self.saved = self.step
+        if not self.rank0:
+            return
+        cfg = self.cfg
+        meta = {"step": self.step, "val_bits": self.val_bits, "best_val_bits": self.best,
+                "best_step": self.best_step, "train": cfg.to_dict(), "data": self.data_info}
+        if as_best:
+            save_checkpoint(self.net, self.out / "best", meta)
+        if with_state:
+            ts = {"format": 1, "step": self.step, "optimizer": self.opt.state_dict(),
+                  "scheduler": self.sched.state_dict(), "rng": rngs,
+                  "sampler": {"kind": "stateless", "seed": cfg.seed, "world_size": self.dist.world},
+                  "best_val_bits": self.best, "best_step": self.best_step, "val_bits": self.val_bits}
+            save_checkpoint(self.net, self.out / "last", meta, ts)
 
+    def show(self):
+        if self.step % self.cfg.log_every == 0 or self.step == self.evaluated:
+            self.bar.set_postfix_str(f"loss {_fmt(self.train_bits)} b  val {_fmt(self.val_bits)} b  "
+                                     f"{self.tok_s:,.0f} tok/s")
 
-def _apply_hparams(opt, sched, cfg: TrainConfig):
-    """After loading a saved optimizer: this run's lr, schedule, betas and decay apply (the same
-    floats as before when the config is unchanged, so resume stays exact)."""
-    sched.lr_lambdas = [lr_lambda(cfg) for _ in opt.param_groups]
-    sched.base_lrs = [cfg.lr] * len(opt.param_groups)
-    for g, wd in zip(opt.param_groups, (cfg.weight_decay, 0.0)):
-        g.update(initial_lr=cfg.lr, lr=cfg.lr * sched.lr_lambdas[0](sched.last_epoch),
-                 betas=(cfg.beta1, cfg.beta2), weight_decay=wd)
+    def finish(self, stopped: str):
+        """After the loop. On a signal: last/ now, no validation (the next comes when it is due).
+        At the end, a time budget or stop_at: the final step validated and saved."""
+        if stopped == "signal":
+            if self.saved != self.step:
+                self.save()
+            return
+        improved = self.evaluated != self.step and self.validate()
+        if self.saved != self.step or improved:
+            self.save(with_state=self.saved != self.step, as_best=improved)
+
+    def close(self):
+        """The progress bar, the metrics log, and the DDP wrapper: it must go before `train`
+        closes the process group (a gloo rank can hang in its destructor after)."""
+        self.bar.close()
+        if self.metrics:
+            self.metrics.close()
+        self.model = self.ddp = None
+
+    def summary(self, stopped: str) -> dict:
+        out = self.out
+        return {"step": self.step, "stopped": stopped, "val_bits": self.val_bits, "best_val_bits": self.best,
+                "best_step": self.best_step, "tokens_per_s": self.tok_s, "params": self.net.num_parameters(),
+                "elapsed_s": time.monotonic() - self.t_start, "out": str(out), "best": str(out / "best"),
+                "last": str(out / "last"), "cache": str(self.cache.path)}
 
 
 def _diverged_message(out: Path, step: int, loss: float, gnorm: float) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from wavelm.checkpoint import CheckpointError, save_model
-from wavelm.data.folder import SPLITS, TokenCache, prepare_folder, scan_audio
-from wavelm.data.youtubemix import prepare_youtubemix
+from wavelm.data.cache import SPLITS, TokenCache
+from wavelm.data.formats import get_format, open_data   # open_data: also imported from here
 from wavelm.files import atomic_write, atomic_write_text, publish_dir, recover_dir
 from wavelm.model.config import ModelConfig
 from wavelm.model.lm import load_model
@@ -140,21 +140,6 @@ class Metrics:
             self.tb.close()
 
 
-def open_data(data, out: Path, data_cfg: DataConfig, progress: bool = True):
-    """A TokenCache from `data`: a TokenCache, a cache dir (has meta.json), or an audio folder,
-    prepared into `out`/cache (reused while its files are unchanged)."""
-    if isinstance(data, TokenCache):
-        return data
-    path = Path(data).expanduser()
-    if (path / "meta.json").is_file():
-        return TokenCache(path)
-    cache_dir = Path(out) / "cache"
-    if data_cfg.format == "youtubemix":
-        return prepare_youtubemix(path, cache_dir, quantization=data_cfg.quantization or "s4",
-                                  sample_rate=data_cfg.sample_rate, progress=progress)
-    return prepare_folder(path, cache_dir, sample_rate=data_cfg.sample_rate, progress=progress)
-
-
 # ----------------------------------------------------------------------------- the frozen split
 
 class DataChanged(ValueError):
@@ -215,11 +200,6 @@ def check_data(where, frozen: dict, now: dict, data_changed: str) -> dict:
     return changes
 
 
-def scan_stats(path: Path) -> dict:
-    """{relpath: (size, mtime)} of the audio files under an audio folder, as prepare_folder sees them."""
-    return {rel: (int(size), float(mtime)) for rel, _, size, mtime in scan_audio(path)}
-
-
 def frozen_splits(cache, frozen: dict | None) -> dict:
     """{path: split} for the cache's files: the frozen split where the run has one, train for
     files added since (so nothing trained on ever becomes validation, and back)."""
@@ -249,9 +229,9 @@ def open_run_data(data, out: Path, data_cfg: DataConfig, frozen: dict | None, da
     DataChanged unless data_changed == "ok". Writes RUN/split.json: the frozen split, plus the
     files added since (train only). Returns the TokenCache."""
     path = None if isinstance(data, TokenCache) else Path(data).expanduser()
-    if frozen is not None and data_cfg.format == "folder" and path is not None \
-            and not (path / "meta.json").is_file():
-        check_data(path, frozen, scan_stats(path), data_changed)   # before a rebuild replaces the cache
+    scan = get_format(data_cfg.format, "data.format").scan
+    if frozen is not None and scan is not None and path is not None and not (path / "meta.json").is_file():
+        check_data(path, frozen, scan(path), data_changed)   # before a rebuild replaces the cache
     cache = open_data(data, out, data_cfg, progress=progress)
     if frozen is None:
         write_split(out, cache, frozen_splits(cache, None))
