@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import wavelm  # noqa: E402
-from wavelm.checkpoint import PRETRAINED_DIR, atomic_write_text  # noqa: E402
+from wavelm.checkpoint import PRETRAINED_DIR  # noqa: E402
+from wavelm.files import atomic_write_text  # noqa: E402
 from wavelm.data.folder import TokenCache  # noqa: E402
 
 WIN = 5 * 16000

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .blocks import make_blocks
 from .config import ModelConfig
 from .lpc import LPC, features, log_prior
+from . import weights
 from .state import Alloc, PoolState, StackState, State
 
 
@@ -232,23 +233,19 @@ class WaveLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- checkpoints: wavelm/checkpoint.py is built on this class, so it is imported when used ----
+    # -- checkpoints (files and checks: wavelm/model/weights.py, below this class) -------------
     @classmethod
     def from_pretrained(cls, path=None, map_location="cpu", config=None) -> "WaveLM":
         """Load a checkpoint directory; `path=None` loads the bundled default model; `config`
         (a ModelConfig), if given, must match the checkpoint's."""
-        from wavelm.checkpoint import load_model
-
-        return load_model(path, map_location=map_location, config=config)
+        return weights.load(cls, path, map_location=map_location, config=config)
 
     def save_pretrained(self, path, extra: dict | None = None):
-        from wavelm.checkpoint import save_model
-
-        return save_model(self, path, extra=extra)
+        return weights.save_model(self, path, extra=extra)
 
 
 def load_model(path=None, map_location="cpu", config=None) -> WaveLM:
-    """WaveLM.from_pretrained (kept for old imports; new code imports wavelm.checkpoint.load_model)."""
+    """WaveLM.from_pretrained as a function (wavelm.checkpoint.load_model is the same)."""
     return WaveLM.from_pretrained(path, map_location=map_location, config=config)
 
 
