@@ -1,0 +1,37 @@
+"""The bundled model's ship rule (recipes/piano/ship.py) on made-up reports."""
+import copy
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("ship", Path(__file__).parents[1] / "recipes/piano/ship.py")
+ship = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ship)
+
+REAL = {"loudness_ratio": 9.0, "chroma_top7": 0.8, "flatness": 1e-3, "onsets_per_s": 3.0, "harmonic_share": 0.97}
+
+
+def report(bits, harm, gap, loud=1.4, flat=7e-3, cont_flat=6.0):
+    gen = {"loudness_ratio": loud, "chroma_top7": 0.63, "flatness": flat, "onsets_per_s": 6.0, "harmonic_share": harm}
+    return {"score": {"test": {"bits_per_sample": bits}, "unseen": {"bits_per_sample": bits + 1.5}},
+            "summary": {"real": REAL, "generated": gen,
+                        "continuation": {"harmonic_gap": gap, "flatness_ratio": cont_flat}}}
+
+
+def verdict(old, new):
+    return all(ok for _, ok, _ in ship.rules(old, new))
+
+
+def test_better_everywhere_ships_and_each_rule_can_stop_it():
+    old = report(3.15, 0.62, 0.25)
+    new = report(2.90, 0.80, 0.10, loud=3.0, flat=4e-3)
+    assert verdict(old, new)
+    assert not verdict(old, report(3.20, 0.80, 0.10))                      # more bits
+    assert not verdict(old, report(2.90, 0.60, 0.10))                      # less harmonic
+    assert not verdict(old, report(2.90, 0.80, 0.30))                      # wider continuation gap
+    assert not verdict(old, report(2.90, 0.80, 0.10, flat=2e-2))           # flatter: further from real
+    assert not verdict(old, report(2.90, 0.80, 0.10, cont_flat=20.0))      # continuations noisier
+    worse_but_within = report(2.90, 0.80, 0.10, loud=1.3)                  # 1.4x -> 1.3x: within 10%
+    assert verdict(old, worse_but_within)
+    no_unseen = copy.deepcopy(new)
+    del no_unseen["score"]["unseen"]
+    assert not verdict(old, no_unseen)
