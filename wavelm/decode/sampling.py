@@ -64,29 +64,31 @@ def _integer(name, v, lo, hi):
 class Sampling:
     """Every sampling option (see the module docstring); ValueError naming a bad one.
     `help` of each field's metadata is the CLI's and the demo's text."""
-    temperature: float = dataclasses.field(default=1.0, metadata={"help": "softmax temperature > 0"})
-    top_k: int | None = dataclasses.field(default=None, metadata={"help": "sample among the K most likely values"})
+    temperature: float = dataclasses.field(default=1.0, metadata={"help": "softmax temperature > 0", "metavar": "T"})
+    top_k: int | None = dataclasses.field(default=None, metadata={"help": "sample among the K most likely values", "metavar": "K"})
     top_p: float = dataclasses.field(default=1.0, metadata={
-        "help": "nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1"})
+        "help": "nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1", "metavar": "P"})
     min_p: float = dataclasses.field(default=0.0, metadata={
-        "help": "drop values less likely than MIN_P times the most likely, 0 <= MIN_P < 1"})
+        "help": "drop values less likely than M times the most likely, 0 <= M < 1", "metavar": "M"})
     floor: float = dataclasses.field(default=0.0, metadata={
-        "help": "subtract FLOOR from every probability and renormalise (LPCNet: 0.002), 0 <= FLOOR < 1"})
+        "help": "subtract F from every probability and renormalise (LPCNet: 0.002), 0 <= F < 1",
+        "metavar": "F"})
     tonal_temperature: float | None = dataclasses.field(default=None, metadata={
-        "help": "temperature where the recent output is fully periodic (LPCNet: half the temperature); "
-                "off by default"})
+        "help": "temperature where the recent output is fully periodic (LPCNet: half the temperature)",
+        "metavar": "T2"})
     tonal_threshold: float = dataclasses.field(default=1 / 3, metadata={
-        "help": "periodicity below which the temperature is not lowered, 0 <= X < 1"})
+        "help": "periodicity below which the temperature is not lowered, 0 <= C < 1", "metavar": "C"})
     tonal_gate_db: float = dataclasses.field(default=-40.0, metadata={
-        "help": "RMS (dB full scale) below which the temperature is not lowered"})
+        "help": "RMS (dB full scale) below which the temperature is not lowered", "metavar": "DB"})
     tonal_lags_ms: tuple = dataclasses.field(default=(2.0, 20.0), metadata={
-        "help": "lags searched for periodicity, MIN,MAX in ms"})
+        "help": "lags searched for periodicity, in ms", "metavar": "MIN,MAX"})
     tonal_window_ms: float = dataclasses.field(default=30.0, metadata={
-        "help": "time constant of the periodicity estimate, ms"})
+        "help": "time constant of the periodicity estimate, ms", "metavar": "MS"})
     best_of: int = dataclasses.field(default=1, metadata={
-        "help": "draw N candidates per output and keep one, ranked by the model's bits/sample"})
+        "help": "draw N candidates per output and keep one, ranked by the model's bits/sample",
+        "metavar": "N"})
     best_rank: float = dataclasses.field(default=0.5, metadata={
-        "help": "the candidate kept: quantile of the ranking, 0 = fewest bits, 1 = most"})
+        "help": "the candidate kept: quantile Q of the ranking, 0 = fewest bits, 1 = most", "metavar": "Q"})
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise in place
