@@ -179,3 +179,23 @@ def test_cli_best_of_and_tonal(tmp_path, tiny_checkpoint):
                  "-o", str(out)]) == 0
     for i in range(2):
         assert sf.info(str(tmp_path / f"take_{i}.wav")).frames == 800
+
+
+def test_cuda_graph_logic_keeps_the_sampler_state():
+    """The CUDA-graph decoder's period logic (run eagerly on CPU) with a tonal, floored sampler
+    equals the reference: its warm-up runs on copies of the state and the sampler."""
+    from wavelm.decode.cuda import GraphDecoder
+    from wavelm.decode.sampling import Noise
+    from wavelm.generation import prefill, prompt_tokens
+
+    model = make()
+    kw = dict(tonal_temperature=0.4, floor=0.002, tonal_lags_ms=(1.0, 4.0))
+    ref = start(model, batch_size=2, seed=4, prompt=sine(37), backend="torch", **kw)
+    want = np.concatenate([ref.run(k) for k in (5, 20, 13)], axis=1)
+    tokens = prompt_tokens(sine(37), 2, 16000)
+    state, tok, fed = prefill(model, tokens, 2)
+    sampler = Sampler(Sampling(**kw), 1, 16000)
+    sampler.prime(tokens)
+    dec = GraphDecoder(model, state, tok, sampler.expand(2), Noise(4, 2, "cpu"), position=fed, capture=False)
+    got = np.concatenate([dec.run(k) for k in (5, 20, 13)], axis=1)
+    np.testing.assert_array_equal(got, want)
