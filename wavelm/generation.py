@@ -11,8 +11,9 @@ sample at a time from that state; the returned audio is the continuation only.
 
 Sampling (wavelm/decode/sampling.py): one `Sampling` object (or its fields as keyword
 arguments: temperature, top_k, top_p, min_p, floor, tonal_temperature, best_of, ...) reaches the
-decoder unchanged; the audio depends on the seed only, not on chunk sizes or the decoder. Decoders (wavelm/decode/): on CPU the numba program lowered from the model, on
-CUDA the reference step in a CUDA graph, anywhere the reference (`backend="torch"`).
+decoder unchanged; the audio depends on the seed only, not on chunk sizes or the decoder.
+Decoders (wavelm/decode/): on CPU the numba program lowered from the model, on CUDA the
+reference step in a CUDA graph, anywhere the reference (`backend="torch"`).
 """
 from __future__ import annotations
 
@@ -203,15 +204,20 @@ def stream(model, seconds: float = 5.0, chunk_samples: int | None = None, batch_
     `backend`: "auto" (fastest available), "fast" (numba, CPU), "torch" (the reference step),
     "cuda-graph". `threads`: torch threads while generating (None: leave as is)."""
     sr = int(model.config.sample_rate)
-    total = num_samples(seconds, sr)
-    chunk = sr // 4 if chunk_samples is None else chunk_samples
-    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
-        raise ValueError(f"chunk_samples must be an integer >= 1, got {chunk_samples!r}")
+    total, chunk = num_samples(seconds, sr), _chunk(chunk_samples, sr)
     _, s = check_args(None, batch_size, seed, sampling, **options)
     if s.best_of > 1:
         raise ValueError("best_of > 1 chooses a candidate at the end: use generate(), not stream()")
     dec = start(model, batch_size, seed, prompt, s, backend, threads, samples=total)
-    return (mulaw_decode(t).astype(np.float32, copy=False) for t in _chunks(model, dec, total, int(chunk), sr, progress))
+    return (mulaw_decode(t).astype(np.float32, copy=False) for t in _chunks(model, dec, total, chunk, sr, progress))
+
+
+def _chunk(chunk_samples, sr: int) -> int:
+    """Samples per yielded chunk: a quarter second by default."""
+    chunk = sr // 4 if chunk_samples is None else chunk_samples
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+        raise ValueError(f"chunk_samples must be an integer >= 1, got {chunk_samples!r}")
+    return int(chunk)
 
 
 def _chunks(model, dec, total, chunk, sr, progress) -> Iterator[np.ndarray]:
@@ -241,13 +247,10 @@ def generate(model, seconds: float = 5.0, batch_size: int = 1, seed: int = 0, pr
     best_rank of its best_of candidates ranked by the model's bits/sample on them (`choose`).
     See `stream` for the other arguments."""
     sr = int(model.config.sample_rate)
-    total = num_samples(seconds, sr)
-    chunk = sr // 4 if chunk_samples is None else chunk_samples
-    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
-        raise ValueError(f"chunk_samples must be an integer >= 1, got {chunk_samples!r}")
+    total, chunk = num_samples(seconds, sr), _chunk(chunk_samples, sr)
     dec = start(model, batch_size, seed, prompt, sampling, backend, threads, samples=total, held_per_sample=13,
                 **options)
-    tokens = np.concatenate([t.astype(np.uint8) for t in _chunks(model, dec, total, int(chunk), sr, progress)], 1)
+    tokens = np.concatenate([t.astype(np.uint8) for t in _chunks(model, dec, total, chunk, sr, progress)], 1)
     keep = choose(dec.sampler, total)
     return mulaw_decode(tokens[keep].astype(np.int64)).astype(np.float32, copy=False)
 

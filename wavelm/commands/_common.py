@@ -87,10 +87,9 @@ def add_sampling_arguments(p) -> None:
     from wavelm.decode.sampling import Sampling
 
     for f in dataclasses.fields(Sampling):
-        kind = {"top_k": int, "best_of": int, "tonal_lags_ms": str}.get(f.name, float)
         default = ",".join(f"{v:g}" for v in f.default) if isinstance(f.default, tuple) else f.default
         shown = "off" if default is None else f"{default:.4g}" if isinstance(default, float) else default
-        p.add_argument(flag_of(f.name), type=kind, default=None, metavar=f.metadata["metavar"],
+        p.add_argument(flag_of(f.name), type=f.metadata["type"], default=None, metavar=f.metadata["metavar"],
                        help=f"{f.metadata['help']} (default {shown})")
 
 

@@ -60,35 +60,32 @@ def _integer(name, v, lo, hi):
     return int(v)
 
 
+def _option(default, metavar: str, help: str, kind=float):
+    """A Sampling field with what the CLI needs to make its flag (wavelm/commands/_common.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "type": kind})
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Every sampling option (see the module docstring); ValueError naming a bad one.
-    `help` of each field's metadata is the CLI's and the demo's text."""
-    temperature: float = dataclasses.field(default=1.0, metadata={"help": "softmax temperature > 0", "metavar": "T"})
-    top_k: int | None = dataclasses.field(default=None, metadata={"help": "sample among the K most likely values", "metavar": "K"})
-    top_p: float = dataclasses.field(default=1.0, metadata={
-        "help": "nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1", "metavar": "P"})
-    min_p: float = dataclasses.field(default=0.0, metadata={
-        "help": "drop values less likely than M times the most likely, 0 <= M < 1", "metavar": "M"})
-    floor: float = dataclasses.field(default=0.0, metadata={
-        "help": "subtract F from every probability and renormalise (LPCNet: 0.002), 0 <= F < 1",
-        "metavar": "F"})
-    tonal_temperature: float | None = dataclasses.field(default=None, metadata={
-        "help": "temperature where the recent output is fully periodic (LPCNet: half the temperature)",
-        "metavar": "T2"})
-    tonal_threshold: float = dataclasses.field(default=1 / 3, metadata={
-        "help": "periodicity below which the temperature is not lowered, 0 <= C < 1", "metavar": "C"})
-    tonal_gate_db: float = dataclasses.field(default=-40.0, metadata={
-        "help": "RMS (dB full scale) below which the temperature is not lowered", "metavar": "DB"})
-    tonal_lags_ms: tuple = dataclasses.field(default=(2.0, 20.0), metadata={
-        "help": "lags searched for periodicity, in ms", "metavar": "MIN,MAX"})
-    tonal_window_ms: float = dataclasses.field(default=30.0, metadata={
-        "help": "time constant of the periodicity estimate, ms", "metavar": "MS"})
-    best_of: int = dataclasses.field(default=1, metadata={
-        "help": "draw N candidates per output and keep one, ranked by the model's bits/sample",
-        "metavar": "N"})
-    best_rank: float = dataclasses.field(default=0.5, metadata={
-        "help": "the candidate kept: quantile Q of the ranking, 0 = fewest bits, 1 = most", "metavar": "Q"})
+    Each field's metadata holds its flag's help, metavar and type (`_option`)."""
+    temperature: float = _option(1.0, "T", "softmax temperature > 0")
+    top_k: int | None = _option(None, "K", "sample among the K most likely values", int)
+    top_p: float = _option(1.0, "P", "nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1")
+    min_p: float = _option(0.0, "M", "drop values less likely than M times the most likely, 0 <= M < 1")
+    floor: float = _option(0.0, "F", "subtract F from every probability and renormalise (LPCNet: 0.002), "
+                                     "0 <= F < 1")
+    tonal_temperature: float | None = _option(None, "T2", "temperature where the recent output is fully "
+                                                          "periodic (LPCNet: half the temperature)")
+    tonal_threshold: float = _option(1 / 3, "C", "periodicity below which the temperature is not lowered, "
+                                                 "0 <= C < 1")
+    tonal_gate_db: float = _option(-40.0, "DB", "RMS (dB full scale) below which the temperature is not lowered")
+    tonal_lags_ms: tuple = _option((2.0, 20.0), "MIN,MAX", "lags searched for periodicity, in ms", str)
+    tonal_window_ms: float = _option(30.0, "MS", "time constant of the periodicity estimate, ms")
+    best_of: int = _option(1, "N", "draw N candidates per output and keep one, ranked by the model's "
+                                   "bits/sample", int)
+    best_rank: float = _option(0.5, "Q", "the candidate kept: quantile Q of the ranking, 0 = fewest bits, "
+                                         "1 = most")
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise in place
