@@ -79,3 +79,25 @@ def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
     assert r["minutes"] == 1.5 and r["tokens"] == 8 * 2 * 16
     assert bundle.hardware([{}, {}, r]) == f"round 1, 2: {bundle.OLD_HARDWARE}; round 3: AMD then Intel"
     assert bundle.hardware([{}, {}]) == bundle.OLD_HARDWARE
+
+
+def test_model_card_targets_compare_with_the_adaptive_lpc(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
+    spec = importlib.util.spec_from_file_location("piano_bundle", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    for d, res in (("piano", {"test": {"lpc": 3.7, "alpc64_2048_64": 3.0}, "unseen": {"lpc": 4.8, "alpc64_2048_64": 4.1}}),
+                   ("bach", {"test": {"lpc": 3.7, "alpc64_2048_64": 3.4}})):
+        (tmp_path / d / "test").mkdir(parents=True)
+        (tmp_path / d / "baselines.json").write_text(json.dumps({"results": res}))
+    base = bundle.baselines(tmp_path / "piano", tmp_path / "bach" / "test")
+    assert base == {"test": {"lpc": 3.7, "alpc": 3.0}, "unseen": {"lpc": 4.8, "alpc": 4.1},
+                    "bach_piano_test": {"lpc": 3.7, "alpc": 3.4}}
+    m = {"test": {"bits_per_sample": 2.9}, "unseen": {"bits_per_sample": 4.2},
+         "bach_piano_test": {"bits_per_sample": 3.3}, "generate": {"samples_per_s_median": 40000.0}}
+    lines = bundle.targets(m, None, base).splitlines()
+    assert lines[0].startswith("- met: piano corpus test below the adaptive LPC's 3.000")
+    assert lines[1].startswith("- missed: unseen piano below the adaptive LPC's 4.100") and "+0.100" in lines[1]
+    assert lines[2].startswith("- met: Bach-piano test") and lines[3].startswith("- met: >= 32,000")

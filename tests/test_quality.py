@@ -83,3 +83,20 @@ def test_bench_quality_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert set(rep["score"]) == {"test", "unseen"} and len(rep["generated"]) == 2
     assert rep["score"]["test"]["files"] == 2 and len(rep["continuations"]) == 2
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_bench_quality_no_score(tiny_checkpoint, tmp_path, capsys):
+    """--no-score: the listening measures of a sampling sweep, no split scored."""
+    from wavelm.audio import save_audio
+    from wavelm.cli import main
+
+    save_audio(tmp_path / "d" / "test" / "a__p1.wav", np.concatenate([tone(2.0, 220)] * 2), SR)
+    rc = main(["bench", "quality", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "d"),
+               "--clips", "1", "--seconds", "1.5", "--prompt-seconds", "0.5", "--no-score",
+               "--json", str(tmp_path / "q.json")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "harmonic share" in out and "bits/sample on test" not in out
+    rep = json.loads((tmp_path / "q.json").read_text())
+    assert rep["score"] == {} and len(rep["generated"]) == 1 and len(rep["continuations"]) == 1

@@ -20,6 +20,8 @@ def add_arguments(p):
                    help="prompt before each continuation's mid-note cut (default 1.5)")
     p.add_argument("--max-files", type=int, default=None, metavar="N",
                    help="score N files spread over each split instead of all")
+    p.add_argument("--no-score", action="store_true",
+                   help="listening measures only: skip the bits/sample of the splits (sampling sweeps)")
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the whole report here")
     p.add_argument("--plot", metavar="OUT.png", default=None, help="mel spectrograms: real above, generated below")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
@@ -60,7 +62,7 @@ def run(args) -> int:
     try:
         rep = quality.evaluate(model, args.data, split=args.split, unseen=args.unseen or None, clips=args.clips,
                                seconds=args.seconds, prompt_seconds=args.prompt_seconds,
-                               sampling=sampling, max_files=args.max_files,
+                               sampling=sampling, max_files=args.max_files, scores=not args.no_score,
                                progress=sys.stderr.isatty())
     except ValueError as e:
         raise UserError(str(e)) from None

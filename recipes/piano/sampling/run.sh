@@ -3,10 +3,12 @@
 # 3 continuations), on one model: the bundled one unless CHECKPOINT is set.
 #   recipes/piano/sampling/run.sh                 # -> recipes/piano/sampling/<tag>.json
 #   CHECKPOINT=runs/piano6/best OUT=... recipes/piano/sampling/run.sh
+#   ONLY="plain floor0.0005" CLIPS=8 NOSCORE=1 ...  # some configs, more clips, no split scores
 # Then: python recipes/piano/sampling/table.py recipes/piano/sampling/*.json
 set -euo pipefail
 OUT=${OUT:-recipes/piano/sampling/bundle}
 DATA=${DATA:-data/piano}
+CLIPS=${CLIPS:-3}
 mkdir -p "$OUT"
 ck=()
 [ -n "${CHECKPOINT:-}" ] && ck=(--checkpoint "$CHECKPOINT")
@@ -16,8 +18,12 @@ configs=(
   "tonal0.5|--tonal-temperature 0.5"
   "floor|--floor 0.002"
   "floor0.0005|--floor 0.0005"
+  "floor0.001|--floor 0.001"
+  "floor0.0003|--floor 0.0003"
   "minp0.02|--min-p 0.02"
   "minp0.005|--min-p 0.005"
+  "minp0.002|--min-p 0.002"
+  "floor0.0005+minp0.005|--floor 0.0005 --min-p 0.005"
   "tonal0.5+floor|--tonal-temperature 0.5 --floor 0.002"
   "tonal0.5th0.15|--tonal-temperature 0.5 --tonal-threshold 0.15"
   "tonal0.6th0|--tonal-temperature 0.6 --tonal-threshold 0"
@@ -28,8 +34,9 @@ configs=(
 )
 for c in "${configs[@]}"; do
   tag=${c%%|*}; flags=${c#*|}
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $tag "* ]] && continue
   [ -s "$OUT/$tag.json" ] && { echo "have $OUT/$tag.json"; continue; }
   echo "== $tag: $flags"
   # shellcheck disable=SC2086
-  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files 3 --unseen '' $flags --json "$OUT/$tag.json"
+  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files 3 --unseen '' --clips "$CLIPS" ${NOSCORE:+--no-score} $flags --json "$OUT/$tag.json"
 done
