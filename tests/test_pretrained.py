@@ -101,3 +101,8 @@ def test_model_card_targets_compare_with_the_adaptive_lpc(tmp_path):
     assert lines[0].startswith("- met: piano corpus test below the adaptive LPC's 3.000")
     assert lines[1].startswith("- missed: unseen piano below the adaptive LPC's 4.100") and "+0.100" in lines[1]
     assert lines[2].startswith("- met: Bach-piano test") and lines[3].startswith("- met: >= 32,000")
+    sc = {"bits_per_sample": 2.5, "samples": 10, "files": 2, "per_piano": {"p": 2.5}}
+    whole = bundle.from_quality({"max_files": None, "score": {"test": sc, "unseen": sc}})
+    assert whole["test"]["bits_per_sample"] == 2.5 and set(whole) == {"test", "unseen"}
+    assert bundle.from_quality({"max_files": 3, "score": {"test": sc}}) == {}   # some files only
+    assert bundle.from_quality({"score": {"test": sc}}) == {}                   # a report from before max_files

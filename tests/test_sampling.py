@@ -199,3 +199,37 @@ def test_cuda_graph_logic_keeps_the_sampler_state():
     dec = GraphDecoder(model, state, tok, sampler.expand(2), Noise(4, 2, "cpu"), position=fed, capture=False)
     got = np.concatenate([dec.run(k) for k in (5, 20, 13)], axis=1)
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_checkpoint_ships_its_own_sampling(tmp_path, capsys):
+    """config.json "sampling": generate / stream / the CLI use it when given nothing; options and
+    flags apply on top of it; a bad one is refused at load naming the file."""
+    import json
+
+    model = make(dtype=torch.float32)
+    ck = tmp_path / "ck"
+    model.save_pretrained(ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**cfg, "sampling": {"min_p": 0.3, "temperature": 0.7}}))
+    own = WaveLM.from_pretrained(ck)
+    assert own.sampling == Sampling(min_p=0.3, temperature=0.7) and str(own.sampling) == "temperature 0.7, min_p 0.3"
+    own.save_pretrained(tmp_path / "again")                                               # kept when saved
+    assert WaveLM.from_pretrained(tmp_path / "again").sampling == own.sampling
+    want = wavelm.generate(model, seconds=0.02, seed=3, min_p=0.3, temperature=0.7)
+    np.testing.assert_array_equal(wavelm.generate(own, seconds=0.02, seed=3), want)
+    np.testing.assert_array_equal(np.concatenate(list(wavelm.stream(own, seconds=0.02, seed=3)), 1), want)
+    np.testing.assert_array_equal(wavelm.generate(own, seconds=0.02, seed=3, min_p=0.0),      # on top of it
+                                  wavelm.generate(model, seconds=0.02, seed=3, temperature=0.7))
+    np.testing.assert_array_equal(wavelm.generate(own, seconds=0.02, seed=3, sampling=Sampling()),
+                                  wavelm.generate(model, seconds=0.02, seed=3))               # replaced whole
+    import soundfile as sf
+
+    for name, flags, ref in (("a", [], want), ("b", ["--temperature", "1"], wavelm.generate(model, seconds=0.02, seed=3, min_p=0.3))):
+        assert main(["generate", "--checkpoint", str(ck), "--seconds", "0.02", "--seed", "3", "--no-progress",
+                     "-o", str(tmp_path / f"{name}.wav"), *flags]) == 0
+        got, _ = sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")
+        np.testing.assert_allclose(got, ref[0], atol=1e-4)                                      # 16-bit file
+    (ck / "config.json").write_text(json.dumps({**cfg, "sampling": {"min_p": 2}}))
+    assert main(["generate", "--checkpoint", str(ck), "-o", str(tmp_path / "c.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "min_p" in err and "Traceback" not in err

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from wavelm.audio import AudioError, audio_info, load_audio
-from wavelm.generation import check_args, generate, stream
+from wavelm.generation import check_args, generate, model_sampling, stream
 from wavelm.plot import plot_score
 from wavelm.scoring import score
 
@@ -181,10 +181,11 @@ def _ffmpeg_decode(path, sample_rate, max_seconds, name, what, error):
     return x
 
 
-def check_generate_args(seconds, samples, temperature, top_p, seed, **options) -> tuple:
+def check_generate_args(seconds, samples, temperature, top_p, seed, base=None, **options) -> tuple:
     """Validate the Generate tab's values (they may come from the API, not the sliders) with
     the same rules as the CLI and the Python API (wavelm.generation.check_args): (seconds,
-    samples, seed, Sampling). `options`: more Sampling fields (tonal_temperature 0: off)."""
+    samples, seed, Sampling). `options`: more Sampling fields (tonal_temperature 0: off), set
+    on `base` (the model's own sampling; default the Sampling defaults)."""
     if isinstance(seed, float) and seed.is_integer():    # gr.Number sends floats
         seed = int(seed)
     if isinstance(samples, float) and samples.is_integer():
@@ -194,7 +195,7 @@ def check_generate_args(seconds, samples, temperature, top_p, seed, **options) -
     if isinstance(options.get("best_of"), float) and options["best_of"].is_integer():
         options["best_of"] = int(options["best_of"])
     try:
-        a, sampling = check_args(seconds, samples, seed, None, max_seconds=MAX_SECONDS, max_batch_size=MAX_BEST_STREAMS,
+        a, sampling = check_args(seconds, samples, seed, base, max_seconds=MAX_SECONDS, max_batch_size=MAX_BEST_STREAMS,
                                  temperature=temperature, top_p=top_p, **options)
         if a["batch_size"] > MAX_SAMPLES:
             raise ValueError(f"batch_size must be an integer from 1 to {MAX_SAMPLES}, got {a['batch_size']}")
@@ -256,6 +257,8 @@ def model_info(model) -> tuple[str, str, str]:
             ("Architecture", f"{cfg.arch_name}, width {cfg.d_model}, {cfg.n_layers} layers per stage, "
                              f"attention window {cfg.attn_window}{pool}"),
             ("Audio", f"{cfg.sample_rate} Hz, 8-bit {cfg.codec} (256 classes)")]
+    if getattr(model, "sampling", None) is not None:
+        rows.append(("Sampling it ships with", str(model.sampling)))
     wanted = [("Training data", ("data", "dataset", "train_data", "data_name", "corpus")),
               ("Training steps", ("steps", "step", "train_steps", "max_steps")),
               ("Test NLL (bits/sample)", ("test_bits_per_sample", "test_bpb", "test_bits",
@@ -304,6 +307,7 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
     sr = model.config.sample_rate
     live_ok = streaming_available() if streaming is None else bool(streaming)
     table, card, config_text = model_info(model)
+    own = model_sampling(model)       # the sliders start at the model's own sampling (its card)
 
     def tidy(*inputs):
         if temp_dir is not None:
@@ -313,7 +317,7 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
                     tonal_temperature=0.0, best_of=1, progress=gr.Progress()):
         try:
             seconds, samples, seed, sampling = check_generate_args(
-                seconds, samples, temperature, top_p, seed, min_p=min_p, floor=floor,
+                seconds, samples, temperature, top_p, seed, base=own, min_p=min_p, floor=floor,
                 tonal_temperature=tonal_temperature, best_of=best_of)
             x_prompt = read_upload(prompt, sr, MAX_PROMPT_SECONDS, "prompts") if prompt else None
         except InputError as e:
@@ -372,16 +376,16 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
                                         info=f"at most {MAX_SECONDS:g} s")
                     samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples",
                                         elem_id="samples")
-                    temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+                    temperature = gr.Slider(0.05, 2.0, value=own.temperature, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=own.top_p, step=0.05, label="Top-p")
                     with gr.Accordion("More sampling (README: Sampling)", open=False):
-                        min_p = gr.Slider(0.0, 0.5, value=0.0, step=0.005, label="Min-p",
+                        min_p = gr.Slider(0.0, 0.5, value=own.min_p, step=0.001, label="Min-p",
                                           info="drop values less likely than this times the most likely")
-                        floor = gr.Slider(0.0, 0.003, value=0.0, step=0.0005, label="Probability floor",
+                        floor = gr.Slider(0.0, 0.003, value=own.floor, step=0.0001, label="Probability floor",
                                           info="subtracted from every probability (LPCNet: 0.002)")
-                        tonal = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Tonal temperature",
+                        tonal = gr.Slider(0.0, 2.0, value=own.tonal_temperature or 0.0, step=0.05, label="Tonal temperature",
                                           info="temperature where the audio is periodic (0: off)")
-                        best_of = gr.Slider(1, MAX_BEST_OF, value=1, step=1, label="Best of",
+                        best_of = gr.Slider(1, MAX_BEST_OF, value=min(own.best_of, MAX_BEST_OF), step=1, label="Best of",
                                             info="candidates per sample, ranked by the model's bits")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     prompt = gr.Audio(sources=["upload", "microphone"], type="filepath",

@@ -12,6 +12,8 @@ sample at a time from that state; the returned audio is the continuation only.
 Sampling (wavelm/decode/sampling.py): one `Sampling` object (or its fields as keyword
 arguments: temperature, top_k, top_p, min_p, floor, tonal_temperature, best_of, ...) reaches the
 decoder unchanged; the audio depends on the seed only, not on chunk sizes or the decoder.
+Without one, the model's own (`model_sampling`: what its checkpoint ships with, else the
+defaults), the keyword options applied on top.
 Decoders (wavelm/decode/): on CPU the numba program lowered from the model, on CUDA the
 reference step in a CUDA graph, anywhere the reference (`backend="torch"`).
 """
@@ -72,6 +74,13 @@ def check_args(seconds=None, batch_size=1, seed=0, sampling: Sampling | None = N
         raise ValueError(f"best_of x batch_size must be <= {max_batch_size} (streams decoded together), "
                          f"got {s.best_of} x {out['batch_size']}")
     return out, s
+
+
+def model_sampling(model) -> Sampling:
+    """The sampling a model generates with when none is given: the one its checkpoint ships
+    with (config.json "sampling", measured on that model; the bundled model's card), else the
+    Sampling defaults. Options given to generate / stream / start apply on top of it."""
+    return getattr(model, "sampling", None) or Sampling()
 
 
 # ----------------------------------------------------------------------------- prompt
@@ -172,7 +181,7 @@ def start(model, batch_size: int = 1, seed: int = 0, prompt=None, sampling: Samp
     """Validate, prefill the prompt and build the decoder: `dec.run(n)` -> tokens (B x best_of, n),
     the candidates of output stream b in rows b * best_of ... (b + 1) * best_of - 1.
     `options`: Sampling fields (temperature=0.9, top_p=0.95, ...) applied to `sampling`."""
-    a, s = check_args(None, batch_size, seed, sampling, **options)
+    a, s = check_args(None, batch_size, seed, model_sampling(model) if sampling is None else sampling, **options)
     batch_size, seed = a["batch_size"], a["seed"]
     n = batch_size * s.best_of
     sr = int(model.config.sample_rate)
@@ -205,7 +214,7 @@ def stream(model, seconds: float = 5.0, chunk_samples: int | None = None, batch_
     "cuda-graph". `threads`: torch threads while generating (None: leave as is)."""
     sr = int(model.config.sample_rate)
     total, chunk = num_samples(seconds, sr), _chunk(chunk_samples, sr)
-    _, s = check_args(None, batch_size, seed, sampling, **options)
+    _, s = check_args(None, batch_size, seed, model_sampling(model) if sampling is None else sampling, **options)
     if s.best_of > 1:
         raise ValueError("best_of > 1 chooses a candidate at the end: use generate(), not stream()")
     dec = start(model, batch_size, seed, prompt, s, backend, threads, samples=total)

@@ -232,13 +232,14 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
              seconds: float = 30.0, prompt_seconds: float = 1.5, sampling=None, max_files: int | None = None,
              progress: bool = False, scores: bool = True) -> dict:
     """Score the split (and the unseen one; not with `scores=False`), generate `clips` clips from silence and continue
-    `clips` real excerpts cut mid-note with `sampling` (a wavelm.decode.Sampling; default its
-    defaults); measure all of it beside real excerpts. A dict."""
-    from wavelm.decode.sampling import Sampling
+    `clips` real excerpts cut mid-note with `sampling` (a wavelm.decode.Sampling; default the
+    model's own, wavelm.generation.model_sampling); measure all of it beside real excerpts. A dict."""
+    from wavelm.generation import model_sampling
 
-    sampling = sampling or Sampling()
+    sampling = sampling or model_sampling(model)
     sr = int(model.config.sample_rate)
-    report = {"split": split, "clips": clips, "seconds": seconds, "sampling": describe(sampling)}
+    report = {"split": split, "clips": clips, "seconds": seconds, "sampling": sampling.changed(),
+              "max_files": max_files}
     files = split_audio(data, split, sr)
     if not files:
         raise ValueError(f"{data}: the {split} split holds no audio")
@@ -319,17 +320,6 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
     report["continuations"] = conts
     report["summary"] = summarize(report)
     return report
-
-
-def describe(sampling) -> dict:
-    """The options of a Sampling that differ from the defaults (temperature always)."""
-    import dataclasses
-
-    base = type(sampling)()
-    out = {"temperature": sampling.temperature}
-    out.update({f.name: getattr(sampling, f.name) for f in dataclasses.fields(sampling)
-                if getattr(sampling, f.name) != getattr(base, f.name)})
-    return out
 
 
 def _flat(y, sr) -> float:

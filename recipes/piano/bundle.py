@@ -1,10 +1,13 @@
 """Package a run trained on recipes/piano as wavelm's bundled model, with a measured model card.
 
-    .venv/bin/python recipes/piano/bundle.py runs/piano                  # copy, measure, write the card
-    wavelm bench quality --data data/piano --max-files 12 --json runs/piano/quality.json \\
-        --plot docs/quality.png                                           # the listening proxies
-    .venv/bin/python recipes/piano/bundle.py runs/piano --card-only \\
-        --quality runs/piano/quality.json --quality-old runs/quality_old.json
+    # the candidate as it would ship (float16), measured beside the bundle, the ship rule:
+    .venv/bin/python recipes/piano/bundle.py runs/piano6 --out runs/piano6/shipped --copy-only
+    wavelm bench quality --checkpoint runs/piano6/shipped --json runs/piano6/quality.json --plot docs/quality.png
+    wavelm bench quality --json runs/quality_bundle.json                 # the same flags
+    .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/piano6/quality.json
+    # it ships: copy, measure what the report lacks (Bach-piano test, speed), write the card
+    .venv/bin/python recipes/piano/bundle.py runs/piano6 --quality runs/piano6/quality.json \\
+        --quality-is-shipped --quality-old runs/quality_bundle.json --command "..."
 
 Copies RUN/best into wavelm/pretrained/ as float16 (every number is measured on the model as
 shipped, after that rounding) and measures, saving each result in RUN/bundle_scores.json so a
@@ -80,13 +83,25 @@ def previous_rounds(prev: dict) -> list:
 MEASURES = ("unseen", "test", "bach_piano_test", "generate")
 
 
-def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES) -> dict:
+def from_quality(q: dict) -> dict:
+    """The whole-split scores of a `bench quality` report that scored every file (no
+    --max-files) of the model as shipped: the card's test and unseen rows without scoring twice."""
+    if q.get("max_files", 0) is not None:
+        return {}
+    return {split: {"bits_per_sample": sc["bits_per_sample"], "num_samples": sc["samples"], "files": sc["files"],
+                    "per_piano": sc["per_piano"], "from": "wavelm bench quality"}
+            for split, sc in q["score"].items() if split in ("test", "unseen")}
+
+
+def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES, known: dict | None = None) -> dict:
     """The measurements in `only`, each saved in RUN/bundle_scores[-<first of only>].json as
-    soon as it is done (two processes may split the work: --only unseen / --only test,...)."""
+    soon as it is done (two processes may split the work: --only unseen / --only test,...);
+    `known` ones (from_quality) are saved, not measured again."""
     from wavelm.scoring import score, score_split
 
     path = run / ("bundle_scores.json" if tuple(only) == MEASURES else f"bundle_scores-{only[0]}.json")
     done = json.loads(path.read_text()) if path.is_file() else {}
+    done.update({k: v for k, v in (known or {}).items() if k in only and k not in done})
 
     def keep(key, fn):
         if key in only and key not in done:
@@ -131,9 +146,15 @@ def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES) -> dict:
     return done
 
 
+def own_sampling(q: dict) -> dict:
+    """The sampling options a `bench quality` report used beyond the defaults: the model ships
+    with them (config.json "sampling", wavelm.generation.model_sampling)."""
+    return {k: v for k, v in q.get("sampling", {}).items() if not (k == "temperature" and v == 1.0)}
+
+
 def sampling_text(q: dict) -> str:
     """The sampling a `bench quality` report used, as flags ("temperature 1" when plain)."""
-    opts = {k: v for k, v in q.get("sampling", {}).items() if not (k == "temperature" and v == 1.0)}
+    opts = own_sampling(q)
     return " ".join(f"`--{k.replace('_', '-')} {v:g}`" if isinstance(v, float) else f"`--{k.replace('_', '-')} {v}`"
                     for k, v in opts.items()) or "temperature 1"
 
@@ -260,6 +281,7 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 | **unseen piano** | **{fmt('unseen')}** (whole split, FluidR3 GM grand, never trained on); {bl('unseen')}, previous bundled model {card.get('old_unseen', 'not measured')} |
 | val bits/sample | {card['best_val_crops']:.3f} on the trainer's 32 fixed val crops of 32,768 samples (the whole val split is not scored here); on the whole split {bl('val')} |
 | Bach-piano test split | {fmt('bach_piano_test')} (`recipes/bach_piano` test, {m.get('bach_piano_test', {}).get('num_samples', 0):,} samples; previous bundled model {was('bach_piano_test', '3.156')}, the conv bundle trained on that soundfont 3.156; {bl('bach_piano_test')}) |
+| sampling | {sampling_text(q) if q else 'temperature 1'} by default (config.json "sampling"; any flag overrides it), chosen by measurement: docs/bundled_model.md |
 | generation | {g.get('samples_per_s_median', 0):,.0f} samples/s at batch 1 ({g.get('samples_per_s_median', 0) / 16000:.2f}x real time), {g.get('decoder', '?')} decoder, this machine, 1 thread |
 
 ## What it sounds like (`wavelm bench quality`: 3 clips of 30 s from silence vs 3 real test excerpts)
@@ -297,16 +319,26 @@ def main():
     ap.add_argument("--card-only", action="store_true", help="rewrite the card from saved measurements")
     ap.add_argument("--only", default=",".join(MEASURES), help=f"measurements to make (default {','.join(MEASURES)})")
     ap.add_argument("--no-copy", action="store_true", help="measure the model already in --out")
+    ap.add_argument("--best", type=Path, default=None,
+                    help="the checkpoint to ship (default RUN/best; a copy of it while the run goes on)")
+    ap.add_argument("--copy-only", action="store_true", help="copy RUN/best into --out as float16 and stop")
     ap.add_argument("--quality", type=Path, default=None)
     ap.add_argument("--quality-old", type=Path, default=None)
+    ap.add_argument("--quality-is-shipped", action="store_true",
+                    help="--quality was measured on the model as shipped (float16 in --out): take its "
+                         "whole-split test and unseen scores instead of scoring them again")
     ap.add_argument("--old-unseen", type=Path, default=None, help="`wavelm score --json` of the old model")
     ap.add_argument("--previous", type=Path, default=None,
                     help="config.json of the bundled model this run started from (--init): rounds, comparison")
     ap.add_argument("--command", default=COMMAND, help="the exact command(s) of this run, for the card")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    src = args.run / "best"
+    src = args.best or args.run / "best"
     meta = json.loads((src / "config.json").read_text())
+    q = json.loads(args.quality.read_text()) if args.quality else None
+    if q:   # the model ships with the sampling its card measured
+        meta.pop("sampling", None)
+        meta.update({"sampling": own_sampling(q)} if own_sampling(q) else {})
     if not (args.card_only or args.no_copy):
         from safetensors.torch import load_file, save_file
 
@@ -314,13 +346,18 @@ def main():
         sd = {k: v.to(torch.float16) for k, v in load_file(str(src / "model.safetensors")).items()}
         save_file(sd, str(args.out / "model.safetensors"), metadata={"format": "1"})
         atomic_write_text(args.out / "config.json", json.dumps(relative_paths(meta), indent=2) + "\n")
+        if args.copy_only:
+            print(f"wrote {args.out} (float16)")
+            return
     model = wavelm.WaveLM.from_pretrained(args.out)
     if not args.card_only:
-        measure(model, args.run, args.cache or args.run / "cache", args.bach, tuple(args.only.split(",")))
+        measure(model, args.run, args.cache or args.run / "cache", args.bach, tuple(args.only.split(",")),
+                known=from_quality(q) if q and args.quality_is_shipped else None)
     m = {}
     for p in sorted(args.run.glob("bundle_scores*.json")):
         m.update(json.loads(p.read_text()))
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if r.get("step", 0) <= meta["step"]]      # the log up to the shipped checkpoint
     prev = json.loads(args.previous.read_text()) if args.previous else None
     run_cfg = json.loads((args.run / "run.json").read_text())
     from wavelm.train import TrainConfig, use_bf16
@@ -336,7 +373,6 @@ def main():
         card["old_unseen"] = f"{json.loads(args.old_unseen.read_text())['mean_bits_per_sample']:.3f}"
     elif prev and "unseen" in prev.get("card", {}).get("scores", {}):
         card["old_unseen"] = f"{prev['card']['scores']['unseen']['bits_per_sample']:.3f}"
-    q = json.loads(args.quality.read_text()) if args.quality else None
     q_old = json.loads(args.quality_old.read_text()) if args.quality_old else None
     if q_old is None and prev and "quality" in prev.get("card", {}):
         q_old = {"summary": prev["card"]["quality"]}

@@ -81,11 +81,13 @@ def flag_of(name: str) -> str:
     return GENERATION_FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
-def add_sampling_arguments(p) -> None:
+def add_sampling_arguments(parser, title: str) -> None:
     """One flag per wavelm.decode.Sampling field (--temperature, --top-k, ..., --best-of), its
-    help from the field, its default None (= the field's default)."""
+    help from the field, its default None (= the model's own sampling, else the field's default)."""
     from wavelm.decode.sampling import Sampling
 
+    p = parser.add_argument_group(title, "each flag's default is the model's own where its checkpoint sets one "
+                                         "(config.json \"sampling\", as the bundled model's card says), else as shown")
     for f in dataclasses.fields(Sampling):
         default = ",".join(f"{v:g}" for v in f.default) if isinstance(f.default, tuple) else f.default
         shown = "off" if default is None else f"{default:.4g}" if isinstance(default, float) else default
@@ -99,6 +101,18 @@ def sampling_options(args) -> dict:
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Sampling)
             if getattr(args, f.name, None) is not None}
+
+
+def model_sampling(model, args):
+    """The model's own sampling (wavelm.generation.model_sampling) with the flags given on top,
+    errors naming the flags (the flags were checked alone before the model loaded)."""
+    from wavelm.decode.sampling import Sampling
+    from wavelm.generation import model_sampling as own
+
+    try:
+        return Sampling.make(own(model), **sampling_options(args))
+    except ValueError as e:
+        raise UserError(flag_names(str(e))) from None
 
 
 def flag_names(message: str) -> str:

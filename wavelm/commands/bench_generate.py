@@ -47,7 +47,7 @@ def add_arguments(p):
                    help="with --model: the preset without and with the LPC path, batch 1, runs interleaved")
     from wavelm.commands._common import add_sampling_arguments
 
-    add_sampling_arguments(p.add_argument_group("sampling (the decoders' timed runs)"))
+    add_sampling_arguments(p, "sampling (the decoders' timed runs)")
 
 
 def _model(args):
@@ -143,19 +143,21 @@ def run(args) -> int:
     if not args.seconds > 0 or min(args.naive_samples, args.threads, args.repeat) < 1:
         raise UserError("--seconds must be > 0; --naive-samples, --threads and --repeat >= 1")
     check_device(args.device)
-    from wavelm.commands._common import check_generation_flags, sampling_options
+    from wavelm.commands._common import check_generation_flags, model_sampling, sampling_options
 
     _, args.sampling = check_generation_flags(None, max(batches), **sampling_options(args))
     torch.set_num_threads(args.threads)
     if args.lpc is not None:
         return _lpc_price(args)
     model, what = _model(args)
+    args.sampling = model_sampling(model, args)                     # the model's own, the flags on top
     cfg, sr = model.config, model.config.sample_rate
     context = args.context or cfg.stage_windows[-1] * cfg.hop[-1]
     print(f"wavelm bench generate: {what}")
     print(f"model: {cfg.arch_name}, pool {cfg.pool or 'none'}, widths {cfg.stage_dims}, layers {cfg.stage_layers}, "
           f"windows {cfg.stage_windows}, {model.num_parameters() / 1e6:.2f} M parameters")
     print(f"machine: {machine()}")
+    print(f"sampling: {args.sampling}")
     naive, n_naive = _naive_rate(model, args.naive_samples, context, args.device)
     _, ref, _, _ = _rate(model, 1, args.naive_samples / sr, "torch", args.device, warm=0.002)
     print(f"naive generation (full forward over the last {context} samples for each sample, batch 1): "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from wavelm.commands._common import add_sampling_arguments, check_generation_flags, sampling_options
+from wavelm.commands._common import add_sampling_arguments, check_generation_flags, model_sampling, sampling_options
 from wavelm.errors import UserError
 
 
@@ -25,7 +25,7 @@ def add_arguments(p):
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the whole report here")
     p.add_argument("--plot", metavar="OUT.png", default=None, help="mel spectrograms: real above, generated below")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
-    add_sampling_arguments(p.add_argument_group("sampling of the clips and continuations"))
+    add_sampling_arguments(p, "sampling of the clips and continuations")
 
 
 def run(args) -> int:
@@ -34,7 +34,7 @@ def run(args) -> int:
     from wavelm.files import check_output
 
     # every flag before any work (scoring a split takes minutes), each error naming its flag
-    _, sampling = check_generation_flags(args.seconds, 1, **sampling_options(args))
+    check_generation_flags(args.seconds, 1, **sampling_options(args))
     if not (math.isfinite(args.prompt_seconds) and 0 < args.prompt_seconds <= 600):
         raise UserError(f"--prompt-seconds must be > 0 and <= 600, got {args.prompt_seconds:g}")
     for flag, v in (("--clips", args.clips), ("--threads", args.threads)):
@@ -59,6 +59,7 @@ def run(args) -> int:
         model = load_model(args.checkpoint)
     except ValueError as e:
         raise UserError(str(e)) from None
+    sampling = model_sampling(model, args)                           # the model's own, the flags on top
     try:
         rep = quality.evaluate(model, args.data, split=args.split, unseen=args.unseen or None, clips=args.clips,
                                seconds=args.seconds, prompt_seconds=args.prompt_seconds,
@@ -95,7 +96,9 @@ def table(rep: dict) -> str:
             ("harmonic share (HPSS)", "harmonic_share", "{:.3f}"), ("chroma top-7 share", "chroma_top7", "{:.3f}"),
             ("median spectral flatness", "flatness", "{:.2e}"), ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
             ("model's bits/sample on the clip", "model_bits", "{:.3f}")]
-    shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in rep["sampling"].items())
+    from wavelm.decode.sampling import Sampling
+
+    shown = Sampling.make(None, **rep["sampling"])
     lines = [f"{rep['clips']} clips x {rep['seconds']:g} s, sampling: {shown} (medians over clips)",
              f"{'measure':34s} {'real':>10s} {'generated':>10s}"]
     for label, k, fmt in rows:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from wavelm.commands._common import (add_sampling_arguments, check_device, check_generation_flags, flag_names,
-                                     sampling_options)
+                                     model_sampling, sampling_options)
 from wavelm.errors import UserError
 
 
@@ -48,14 +48,14 @@ def add_arguments(p):
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="decode step: auto (default), fast (numba, CPU), torch (reference), cuda-graph")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_sampling_arguments(p.add_argument_group("sampling (wavelm/decode/sampling.py; README: Sampling)"))
+    add_sampling_arguments(p, "sampling (wavelm/decode/sampling.py; README: Sampling)")
 
 
 def check_args(args):
     """Every check that needs no model, so bad input fails before the model loads."""
     from wavelm.files import AUDIO_OUT, check_not_special, check_output
 
-    _, args.sampling = check_generation_flags(args.seconds, args.num_samples, args.seed, **sampling_options(args))
+    check_generation_flags(args.seconds, args.num_samples, args.seed, **sampling_options(args))
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     from wavelm.generation import MAX_PROMPT_SECONDS
@@ -103,10 +103,11 @@ def run(args) -> int:
     threads = args.threads or (1 if args.device == "cpu" else None)
     progress = not args.no_progress and sys.stderr.isatty()
     t0 = time.perf_counter()
-    kw = dict(batch_size=args.num_samples, seed=args.seed, prompt=prompt, sampling=args.sampling,
+    sampling = model_sampling(model, args)
+    kw = dict(batch_size=args.num_samples, seed=args.seed, prompt=prompt, sampling=sampling,
               progress=progress, backend=args.backend, threads=threads)
     try:       # the memory check and the prompt's, before any work
-        if args.sampling.best_of == 1:
+        if sampling.best_of == 1:
             chunks = stream(model, args.seconds, **kw)
         else:  # a candidate is chosen at the end: the candidates' tokens are held (1 byte a sample)
             chunks = [generate(model, args.seconds, **kw)]

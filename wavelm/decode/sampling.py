@@ -122,6 +122,17 @@ class Sampling:
             raise ValueError(f"unknown sampling option {unknown[0]!r} (options: {', '.join(sorted(names))})")
         return dataclasses.replace(sampling or cls(), **options) if options else (sampling or cls())
 
+    def changed(self) -> dict:
+        """The fields that differ from the defaults, temperature always: {name: value}."""
+        base = type(self)()
+        return {"temperature": self.temperature,
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "temperature" and getattr(self, f.name) != getattr(base, f.name)}}
+
+    def __str__(self) -> str:
+        """"temperature 1, min_p 0.002": the fields that differ from the defaults."""
+        return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.changed().items())
+
     @property
     def tonal(self) -> bool:
         return self.tonal_temperature is not None

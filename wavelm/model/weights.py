@@ -33,6 +33,9 @@ def save_model(model, path, extra: dict | None = None) -> Path:
     cfg = model.config
     meta = {"format": FORMAT, "wavelm_version": __version__, "sample_rate": cfg.sample_rate,
             "codec": cfg.codec, "model": cfg.to_dict(), **(extra or {})}
+    own = getattr(model, "sampling", None)            # the sampling it shipped with (_sampling), kept
+    if own is not None and "sampling" not in meta:
+        meta["sampling"] = {k: list(v) if isinstance(v, tuple) else v for k, v in own.changed().items()}
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     blob = save(sd, metadata={"format": str(FORMAT)})
     atomic_write(path / "model.safetensors", lambda f: f.write(blob))
@@ -137,4 +140,21 @@ def load(cls, path=None, map_location="cpu", config=None):
         raise CheckpointError(f"{weights}: weights do not fit the config ({str(e)[:300]})") from None
     model.checkpoint_path = path
     model.checkpoint_meta = meta
+    model.sampling = _sampling(meta, path)
     return model.to(map_location).eval()
+
+
+def _sampling(meta: dict, path):
+    """The sampling a checkpoint ships with (config.json "sampling": Sampling fields measured on
+    this model, e.g. {"min_p": 0.002}); None where it sets none (the Sampling defaults)."""
+    from wavelm.decode.sampling import Sampling   # the decoders import the model: imported late
+
+    fields = meta.get("sampling")
+    if fields is None:
+        return None
+    try:
+        if not isinstance(fields, dict):
+            raise ValueError(f"must be an object of sampling options, got {fields!r}")
+        return Sampling.make(None, **fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: \"sampling\": {e}") from None

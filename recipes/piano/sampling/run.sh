@@ -3,12 +3,13 @@
 # 3 continuations), on one model: the bundled one unless CHECKPOINT is set.
 #   recipes/piano/sampling/run.sh                 # -> recipes/piano/sampling/<tag>.json
 #   CHECKPOINT=runs/piano6/best OUT=... recipes/piano/sampling/run.sh
-#   ONLY="plain floor0.0005" CLIPS=8 NOSCORE=1 ...  # some configs, more clips, no split scores
+#   ONLY="plain floor0.0005" CLIPS=6 MAXFILES=8 NOSCORE=1 ...  # some configs, more clips, no scores
 # Then: python recipes/piano/sampling/table.py recipes/piano/sampling/*.json
 set -euo pipefail
 OUT=${OUT:-recipes/piano/sampling/bundle}
 DATA=${DATA:-data/piano}
 CLIPS=${CLIPS:-3}
+MAXFILES=${MAXFILES:-3}
 mkdir -p "$OUT"
 ck=()
 [ -n "${CHECKPOINT:-}" ] && ck=(--checkpoint "$CHECKPOINT")
@@ -38,5 +39,5 @@ for c in "${configs[@]}"; do
   [ -s "$OUT/$tag.json" ] && { echo "have $OUT/$tag.json"; continue; }
   echo "== $tag: $flags"
   # shellcheck disable=SC2086
-  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files 3 --unseen '' --clips "$CLIPS" ${NOSCORE:+--no-score} $flags --json "$OUT/$tag.json"
+  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files "$MAXFILES" --unseen '' --clips "$CLIPS" ${NOSCORE:+--no-score} $flags --json "$OUT/$tag.json"
 done
