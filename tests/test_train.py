@@ -335,3 +335,14 @@ def test_lpc_path_trains_and_resumes_exactly(audio_dir, cache, tmp_path):
     assert "lpc_gate.bias" in a and all(torch.equal(a[k], b[k]) for k in a)
     vals = [r["val_bits"] for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").open()) if r["event"] == "val"]
     assert load_model(tmp_path / "a" / "best").config.lpc_order == 4 and vals[-1] < 8
+
+
+def test_keep_every_keeps_the_model_at_those_steps(audio_dir, cache, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(cache.path), "--out", str(run), "--steps", "12", "--eval-every", "12",
+                 "--keep-every", "5", *TINY]) == 0
+    assert sorted(p.name for p in (run / "steps").iterdir()) == ["10", "5"]
+    kept = load_model(run / "steps" / "10")
+    assert kept.checkpoint_meta["step"] == 10 and not (run / "steps" / "10" / "trainer_state.pt").exists()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "16", "--no-progress"]) == 0   # run.json keeps it
+    assert sorted(int(p.name) for p in (run / "steps").iterdir()) == [5, 10, 15]

@@ -33,7 +33,7 @@ FLAGS = {"model": ("model", "preset"), "arch": ("model", "arch"), "steps": ("tra
          "eval_every": ("train", "eval_every"), "warmup": ("train", "warmup"), "seed": ("train", "seed"),
          "threads": ("train", "threads"), "format": ("data", "format"),
          "quantization": ("data", "quantization"), "data": ("data", "path"),
-         "init": ("train", "init"), "input_noise": ("train", "input_noise")}
+         "init": ("train", "init"), "input_noise": ("train", "input_noise"), "keep_every": ("train", "keep_every")}
 
 
 def add_arguments(p):
@@ -48,6 +48,9 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, metavar="N", help="linear warm-up steps")
     p.add_argument("--eval-every", type=int, metavar="N", help="validate (and save) every N steps")
+    p.add_argument("--keep-every", type=int, metavar="N",
+                   help="also keep the model at every N steps in RUN/steps/<step>/, to choose among them "
+                        "by listening (`wavelm bench quality`); 0 = off (default)")
     p.add_argument("--seed", type=int)
     p.add_argument("--input-noise", type=float, metavar="SIGMA",
                    help="noise on training inputs: per-crop std drawn from [0, SIGMA] mu-law steps, "

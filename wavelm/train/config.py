@@ -27,6 +27,7 @@ class TrainConfig:
     accum: int = 1               # micro-batches per step
     eval_every: int = 500        # validation (and best/ checkpoint) every N steps
     save_every: int = 0          # last/ checkpoint every N steps; 0 = with each validation
+    keep_every: int = 0          # also keep the model at every N steps in RUN/steps/<step>/; 0 = off
     val_crops: int = 64          # fixed validation crops (evenly spread over the val split)
     val_seq_len: int = 0         # 0 = seq_len
     log_every: int = 10
@@ -45,7 +46,7 @@ class TrainConfig:
         for k in ("steps", "batch_size", "seq_len", "accum", "eval_every", "val_crops", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("warmup", "save_every", "val_seq_len", "threads", "weight_decay", "grad_clip",
+        for k in ("warmup", "save_every", "keep_every", "val_seq_len", "threads", "weight_decay", "grad_clip",
                   "max_minutes", "input_noise"):
             if getattr(self, k) < 0:
                 raise ValueError(f"train.{k} must be >= 0, got {getattr(self, k)}")

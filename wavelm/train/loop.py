@@ -262,8 +262,9 @@ class Trainer:
                 return "stop_at"
             over, halt = self.train_step(stop)
             improved = self.step % self.cfg.eval_every == 0 and self.validate()
-            if improved or self.step % self.save_every == 0:
-                self.save(with_state=self.step % self.save_every == 0, as_best=improved)
+            keep = bool(self.cfg.keep_every) and self.step % self.cfg.keep_every == 0
+            if improved or keep or self.step % self.save_every == 0:
+                self.save(with_state=self.step % self.save_every == 0, as_best=improved, keep=keep)
             self.show()
             if over:
                 return "time"
@@ -319,9 +320,10 @@ class Trainer:
         self.evaluated = self.step
         return improved
 
-    def save(self, with_state: bool = True, as_best: bool = False):
+    def save(self, with_state: bool = True, as_best: bool = False, keep: bool = False):
         """This step's last/ (with the trainer state: optimizer, schedule, every rank's RNG) and/or
-        best/; every rank takes part, rank 0 writes."""
+        best/ and/or steps/<step>/ (`keep_every`: the model only, to choose among checkpoints by
+        listening, which does not follow the val bits); every rank takes part, rank 0 writes."""
         rngs = self.dist.gather(rng_state(self.device))
         if with_state:
             self.saved = self.step
@@ -332,6 +334,8 @@ class Trainer:
                 "best_step": self.best_step, "train": cfg.to_dict(), "data": self.data_info}
         if as_best:
             save_checkpoint(self.net, self.out / "best", meta)
+        if keep:
+            save_checkpoint(self.net, self.out / "steps" / str(self.step), meta)
         if with_state:
             ts = {"format": 1, "step": self.step, "optimizer": self.opt.state_dict(),
                   "scheduler": self.sched.state_dict(), "rng": rngs,
