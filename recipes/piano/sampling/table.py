@@ -2,6 +2,7 @@
 listening measures of the generated clips (medians over clips) beside the real excerpts'.
 
     python recipes/piano/sampling/table.py recipes/piano/sampling/bundle/*.json
+    python recipes/piano/sampling/table.py --by-name runs/piano6/select/*.json   # rows named by file
 """
 import json
 import sys
@@ -19,11 +20,13 @@ COLS = [("harmonic share", lambda s: f"{s['generated']['harmonic_share']:.3f}"),
 
 
 def main(paths):
+    by_name = "--by-name" in paths
+    paths = [p for p in paths if p != "--by-name"]
     reps = [(Path(p).stem, json.loads(Path(p).read_text())) for p in paths]
     if not reps:
         sys.exit("no reports given")
     real = reps[0][1]["summary"]["real"]
-    print("| sampling | " + " | ".join(c for c, _ in COLS) + " |")
+    print(f"| {'report' if by_name else 'sampling'} | " + " | ".join(c for c, _ in COLS) + " |")
     print("|---|" + "---:|" * len(COLS))
     print("| *real excerpts (codec)* | " + f"{real['harmonic_share']:.3f} | {real['loudness_ratio']:.1f}x | "
           f"{real['chroma_top7']:.3f} | 1.0x | {real['onsets_per_s']:.2f} | 1.0x | +0.000 | "
@@ -33,6 +36,7 @@ def main(paths):
         opts = {k: v for k, v in rep.get("sampling", {}).items() if not (k == "temperature" and v == 1.0)}
         shown = ", ".join(f"`--{k.replace('_', '-')} {v:g}`" if isinstance(v, float) else f"`--{k.replace('_', '-')} {v}`"
                           for k, v in opts.items()) or "defaults (temperature 1)"
+        shown = f"{tag} ({shown})" if by_name else shown
         print(f"| {shown} | " + " | ".join(f(s) for _, f in COLS) + " |")
 
 
