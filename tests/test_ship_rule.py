@@ -35,3 +35,13 @@ def test_better_everywhere_ships_and_each_rule_can_stop_it():
     no_unseen = copy.deepcopy(new)
     del no_unseen["score"]["unseen"]
     assert not verdict(old, no_unseen)
+
+
+def test_listening_only_skips_the_bits():
+    old, new = report(3.15, 0.62, 0.25), report(2.90, 0.80, 0.10, loud=3.0, flat=4e-3)
+    for r in (old, new):
+        r["score"] = {}                                                    # --no-score reports
+    assert not verdict(old, new)                                           # the full rule needs bits
+    res = ship.rules(old, new, listening_only=True)
+    assert all(ok for _, ok, _ in res) and not any("bits" in name for name, _, _ in res)
+    assert not all(ok for _, ok, _ in ship.rules(old, report(2.9, 0.5, 0.1), listening_only=True))

@@ -8,6 +8,7 @@
 #   recipes/piano/select.sh runs/piano6/steps/* wavelm/pretrained       # -> runs/select/<name>.json
 #   FLAGS="--min-p 0.002" OUT=runs/select_minp recipes/piano/select.sh runs/piano6/steps/*
 #   python recipes/piano/sampling/table.py --by-name runs/select/*.json
+#   python recipes/piano/ship.py --listening-only runs/select/wavelm-pretrained.json runs/select/steps-20000.json
 set -euo pipefail
 OUT=${OUT:-runs/select}
 DATA=${DATA:-data/piano}

@@ -5,6 +5,8 @@ candidate's. Prints each rule with its numbers and exits 0 when the candidate sh
     wavelm bench quality --data data/piano --json runs/quality_bundle.json
     wavelm bench quality --data data/piano --checkpoint runs/piano6/best --json runs/quality_piano6.json
     .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/quality_piano6.json
+    .venv/bin/python recipes/piano/ship.py --listening-only runs/select/wavelm-pretrained.json \
+        runs/select/steps-20000.json        # a screen without scores (recipes/piano/select.sh)
 
 The candidate replaces the bundle when all hold: fewer bits on test and on the unseen piano; a
 higher harmonic share and a smaller continuation harmonic gap; no other listening measure more
@@ -29,10 +31,11 @@ def _gap(value: float, real: float, ratio: bool) -> float:
     return abs(value - real)
 
 
-def rules(old: dict, new: dict) -> list[tuple[str, bool, str]]:
-    """(rule, holds, numbers) for every rule."""
+def rules(old: dict, new: dict, listening_only: bool = False) -> list[tuple[str, bool, str]]:
+    """(rule, holds, numbers) for every rule; `listening_only`: without the bits (reports made
+    with --no-score, the checkpoint screen on the val split, recipes/piano/select.sh)."""
     out = []
-    for split in ("test", "unseen"):
+    for split in () if listening_only else ("test", "unseen"):
         a, b = (r["score"].get(split, {}).get("bits_per_sample") for r in (old, new))
         ok = a is not None and b is not None and b < a
         out.append((f"fewer bits on {split}", ok, f"{b:.4f} vs {a:.4f}" if None not in (a, b) else "not scored"))
@@ -62,13 +65,15 @@ def rules(old: dict, new: dict) -> list[tuple[str, bool, str]]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    listening_only = "--listening-only" in argv
+    argv = [a for a in argv if a != "--listening-only"]
     if len(argv) != 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     old, new = (json.loads(Path(p).read_text()) for p in argv)
     if old.get("sampling") != new.get("sampling"):
         print(f"warning: the reports used different sampling ({old.get('sampling')} vs {new.get('sampling')})")
-    results = rules(old, new)
+    results = rules(old, new, listening_only)
     for name, ok, numbers in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {numbers}")
     ships = all(ok for _, ok, _ in results)
