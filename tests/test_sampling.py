@@ -149,7 +149,7 @@ def test_best_of_keeps_the_ranked_candidate():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"min_p": 1.0}, "min_p"), ({"floor": -0.1}, "floor"), ({"tonal_temperature": 0}, "tonal_temperature"),
+    ({"min_p": 1.0}, "min_p"), ({"floor": -0.1}, "floor"), ({"tonal_temperature": -1}, "tonal_temperature"),
     ({"tonal_lags_ms": (5, 2)}, "tonal_lags_ms"), ({"tonal_lags_ms": "2"}, "tonal_lags_ms"),
     ({"best_of": 0}, "best_of"), ({"best_of": 65}, "best_of"), ({"best_rank": 1.5}, "best_rank"),
     ({"tonal_gate_db": float("nan")}, "tonal_gate_db"), ({"mystery": 1}, "mystery"),
@@ -233,3 +233,9 @@ def test_a_checkpoint_ships_its_own_sampling(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(ck), "-o", str(tmp_path / "c.wav")]) == 2
     err = capsys.readouterr().err
     assert "config.json" in err and "min_p" in err and "Traceback" not in err
+
+
+def test_zero_turns_off_top_k_and_the_tonal_temperature():
+    """0 is "off" for the two options whose default is off, so a flag can undo a model's own."""
+    assert Sampling.make(Sampling(top_k=5, tonal_temperature=0.5), top_k=0, tonal_temperature=0) == Sampling()
+    assert str(Sampling(tonal_lags_ms=(2.0, 30.0))) == "temperature 1, tonal_lags_ms 2,30"

@@ -376,17 +376,21 @@ def build_demo(model, streaming: bool | None = None, temp_dir=None):
                                         info=f"at most {MAX_SECONDS:g} s")
                     samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="Number of samples",
                                         elem_id="samples")
-                    temperature = gr.Slider(0.05, 2.0, value=own.temperature, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=own.top_p, step=0.05, label="Top-p")
+                    # each slider's range holds the model's own value (it starts there)
+                    temperature = gr.Slider(min(0.05, own.temperature), max(2.0, own.temperature), step=0.05,
+                                            value=own.temperature, label="Temperature")
+                    top_p = gr.Slider(min(0.05, own.top_p), 1.0, value=own.top_p, step=0.05, label="Top-p")
                     with gr.Accordion("More sampling (README: Sampling)", open=False):
-                        min_p = gr.Slider(0.0, 0.5, value=own.min_p, step=0.001, label="Min-p",
+                        min_p = gr.Slider(0.0, max(0.5, own.min_p), value=own.min_p, step=0.001, label="Min-p",
                                           info="drop values less likely than this times the most likely")
-                        floor = gr.Slider(0.0, 0.003, value=own.floor, step=0.0001, label="Probability floor",
+                        floor = gr.Slider(0.0, max(0.003, own.floor), value=own.floor, step=0.0001,
+                                          label="Probability floor",
                                           info="subtracted from every probability (LPCNet: 0.002)")
-                        tonal = gr.Slider(0.0, 2.0, value=own.tonal_temperature or 0.0, step=0.05, label="Tonal temperature",
+                        t2 = own.tonal_temperature or 0.0
+                        tonal = gr.Slider(0.0, max(2.0, t2), value=t2, step=0.05, label="Tonal temperature",
                                           info="temperature where the audio is periodic (0: off)")
-                        best_of = gr.Slider(1, MAX_BEST_OF, value=min(own.best_of, MAX_BEST_OF), step=1, label="Best of",
-                                            info="candidates per sample, ranked by the model's bits")
+                        best_of = gr.Slider(1, max(MAX_BEST_OF, own.best_of), value=own.best_of, step=1,
+                                            label="Best of", info="candidates per sample, ranked by the model's bits")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                     prompt = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                       label=f"Prompt to continue (optional, at most {MAX_PROMPT_SECONDS:g} s)",

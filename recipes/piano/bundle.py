@@ -7,7 +7,8 @@
     .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/piano6/quality.json
     # it ships: copy, measure what the report lacks (Bach-piano test, speed), write the card
     .venv/bin/python recipes/piano/bundle.py runs/piano6 --quality runs/piano6/quality.json \\
-        --quality-is-shipped --quality-old runs/quality_bundle.json --command "..."
+        --quality-is-shipped --quality-old runs/quality_bundle.json \\
+        --replaces wavelm/pretrained/config.json --command "..."   # (--best runs/piano6/steps/N)
 
 Copies RUN/best into wavelm/pretrained/ as float16 (every number is measured on the model as
 shipped, after that rounding) and measures, saving each result in RUN/bundle_scores.json so a
@@ -93,15 +94,30 @@ def from_quality(q: dict) -> dict:
             for split, sc in q["score"].items() if split in ("test", "unseen")}
 
 
-def measure(model, run: Path, cache: Path, bach: Path, only=MEASURES, known: dict | None = None) -> dict:
-    """The measurements in `only`, each saved in RUN/bundle_scores[-<first of only>].json as
-    soon as it is done (two processes may split the work: --only unseen / --only test,...);
-    `known` ones (from_quality) are saved, not measured again."""
+def saved_scores(run: Path, step: int) -> dict:
+    """The measurements saved in RUN/bundle_scores*.json for the checkpoint of `step` (a file
+    of another checkpoint of the run is ignored)."""
+    m = {}
+    for p in sorted(run.glob("bundle_scores*.json")):
+        d = json.loads(p.read_text())
+        if d.pop("step", None) == step:
+            m.update(d)
+    return m
+
+
+def measure(model, run: Path, cache: Path, bach: Path, step: int, only=MEASURES, known: dict | None = None) -> dict:
+    """The measurements in `only` of the checkpoint of `step`, each saved in
+    RUN/bundle_scores[-<first of only>].json as soon as it is done (two processes may split the
+    work: --only unseen / --only test,...); `known` ones (from_quality) are saved, not measured
+    again; a file of another step is started again."""
     from wavelm.scoring import score, score_split
 
     path = run / ("bundle_scores.json" if tuple(only) == MEASURES else f"bundle_scores-{only[0]}.json")
     done = json.loads(path.read_text()) if path.is_file() else {}
+    if done.get("step") != step:
+        done = {"step": step}
     done.update({k: v for k, v in (known or {}).items() if k in only and k not in done})
+    atomic_write_text(path, json.dumps(done, indent=1) + "\n")
 
     def keep(key, fn):
         if key in only and key not in done:
@@ -154,9 +170,9 @@ def own_sampling(q: dict) -> dict:
 
 def sampling_text(q: dict) -> str:
     """The sampling a `bench quality` report used, as flags ("temperature 1" when plain)."""
-    opts = own_sampling(q)
-    return " ".join(f"`--{k.replace('_', '-')} {v:g}`" if isinstance(v, float) else f"`--{k.replace('_', '-')} {v}`"
-                    for k, v in opts.items()) or "temperature 1"
+    from wavelm.decode.sampling import _shown
+
+    return " ".join(f"`--{k.replace('_', '-')} {_shown(v)}`" for k, v in own_sampling(q).items()) or "temperature 1"
 
 
 def quality_rows(q: dict | None, q_old: dict | None) -> str:
@@ -196,7 +212,7 @@ def targets(m: dict, q: dict | None, base: dict) -> str:
             row(f"{name} below the adaptive LPC's {a:.3f} (no trained parameters)", b < a, f"{b:.3f}, {b - a:+.3f}")
     if "generate" in m:
         g = m["generate"]["samples_per_s_median"]
-        row(">= 32,000 samples/s at batch 1 with the default sampling", g >= 32000, f"{g:,.0f}")
+        row(">= 32,000 samples/s at batch 1 with the sampling it ships with", g >= 32000, f"{g:,.0f}")
     if q:
         s = q["summary"]
         gen, real = s["generated"], s["real"]
@@ -242,7 +258,7 @@ def hardware(rounds) -> str:
 
 
 def rounds_text(rounds) -> str:
-    return "; ".join(f"round {i + 1}: {r['steps']} steps to its best checkpoint, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
+    return "; ".join(f"{f'round {i + 1}: ' if len(rounds) > 1 else ''}{r['steps']} steps to its checkpoint, {r['tokens'] / 1e6:.0f} M tokens, {r['minutes']:.0f} min, "
                      f"peak lr {r['lr']}, {r['precision']}"
                      f"{', input noise up to %g mu-law steps' % r['input_noise'] if r.get('input_noise') else ''}"
                      f"{' from random weights' if i == 0 else ' from round ' + str(i) + ' weights'}"
@@ -274,13 +290,13 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 | tokens | 8-bit mu-law (mu = 255, torchaudio's formula), 16 kHz |
 | arch | `{cfg.arch_name}`, pool {cfg.pool}: {stages}; attention reach {cfg.context_seconds:.2f} s at {cfg.sample_rate / cfg.hop[-1]:g} Hz with a KV ring; receptive field {model.receptive_field():,} samples{lpc} |
 | parameters | {card['parameters']:,} (stored as float16: {card['parameters'] * 2 / 2**20:.1f} MB; run in float32) |
-| training | {card['tokens'] / 1e6:.0f} M tokens ({card['tokens'] / 16000 / 3600 / 20.96:.2f} epochs) in {card['train_minutes']:.0f} min, batches of {tr.get('batch_size')} x {tr.get('seq_len')} samples, AdamW, linear warm-up then cosine to 10%; {rounds_text(card['rounds'])}; best checkpoint at the last round's step {meta.get('best_step')} |
+| training | {card['tokens'] / 1e6:.0f} M tokens ({card['tokens'] / 16000 / 3600 / 20.96:.2f} epochs) in {card['train_minutes']:.0f} min, batches of {tr.get('batch_size')} x {tr.get('seq_len')} samples, AdamW, linear warm-up then cosine to 10%; {rounds_text(card['rounds'])}; the checkpoint of the last round's step {meta['step']}{'' if meta['step'] == meta.get('best_step') else f" (kept with --keep-every; the lowest val bits were at step {meta.get('best_step')})"} |
 | command | {'; then '.join(f"`{r['command']}`" for r in card['rounds'])} |
 | hardware | {hardware(card['rounds'])}, shared with the project's other jobs (median tokens/s per round: {', '.join(f"{r['tokens_per_s_median']:,}" for r in card['rounds'])}) |
 | **test bits/sample** | **{fmt('test')}** (whole test split, {m.get('test', {}).get('num_samples', 0):,} samples; per piano {pp('test')}); {bl('test')}, previous bundled model {was('test', 'not measured')} |
 | **unseen piano** | **{fmt('unseen')}** (whole split, FluidR3 GM grand, never trained on); {bl('unseen')}, previous bundled model {card.get('old_unseen', 'not measured')} |
 | val bits/sample | {card['best_val_crops']:.3f} on the trainer's 32 fixed val crops of 32,768 samples (the whole val split is not scored here); on the whole split {bl('val')} |
-| Bach-piano test split | {fmt('bach_piano_test')} (`recipes/bach_piano` test, {m.get('bach_piano_test', {}).get('num_samples', 0):,} samples; previous bundled model {was('bach_piano_test', '3.156')}, the conv bundle trained on that soundfont 3.156; {bl('bach_piano_test')}) |
+| Bach-piano test split | {fmt('bach_piano_test')} (`recipes/bach_piano` test, {m.get('bach_piano_test', {}).get('num_samples', 0):,} samples; previous bundled model {was('bach_piano_test', 'not measured')}, the conv bundle trained on that soundfont 3.156; {bl('bach_piano_test')}) |
 | sampling | {sampling_text(q) if q else 'temperature 1'} by default (config.json "sampling"; any flag overrides it), chosen by measurement: docs/bundled_model.md |
 | generation | {g.get('samples_per_s_median', 0):,.0f} samples/s at batch 1 ({g.get('samples_per_s_median', 0) / 16000:.2f}x real time), {g.get('decoder', '?')} decoder, this machine, 1 thread |
 
@@ -330,15 +346,21 @@ def main():
     ap.add_argument("--old-unseen", type=Path, default=None, help="`wavelm score --json` of the old model")
     ap.add_argument("--previous", type=Path, default=None,
                     help="config.json of the bundled model this run started from (--init): rounds, comparison")
+    ap.add_argument("--replaces", type=Path, default=None,
+                    help="config.json of the bundled model this one replaces, from other weights: its "
+                         "scores are compared, its rounds are not this model's (default: --previous)")
     ap.add_argument("--command", default=COMMAND, help="the exact command(s) of this run, for the card")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src = args.best or args.run / "best"
     meta = json.loads((src / "config.json").read_text())
     q = json.loads(args.quality.read_text()) if args.quality else None
+    shipped = args.out / "config.json"
     if q:   # the model ships with the sampling its card measured
         meta.pop("sampling", None)
         meta.update({"sampling": own_sampling(q)} if own_sampling(q) else {})
+    elif (args.card_only or args.no_copy) and shipped.is_file():      # the model in --out keeps its own
+        meta.update({k: v for k, v in json.loads(shipped.read_text()).items() if k == "sampling"})
     if not (args.card_only or args.no_copy):
         from safetensors.torch import load_file, save_file
 
@@ -351,14 +373,13 @@ def main():
             return
     model = wavelm.WaveLM.from_pretrained(args.out)
     if not args.card_only:
-        measure(model, args.run, args.cache or args.run / "cache", args.bach, tuple(args.only.split(",")),
-                known=from_quality(q) if q and args.quality_is_shipped else None)
-    m = {}
-    for p in sorted(args.run.glob("bundle_scores*.json")):
-        m.update(json.loads(p.read_text()))
+        measure(model, args.run, args.cache or args.run / "cache", args.bach, meta["step"],
+                tuple(args.only.split(",")), known=from_quality(q) if q and args.quality_is_shipped else None)
+    m = saved_scores(args.run, meta["step"])
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if r.get("step", 0) <= meta["step"]]      # the log up to the shipped checkpoint
     prev = json.loads(args.previous.read_text()) if args.previous else None
+    old_model = json.loads(args.replaces.read_text()) if args.replaces else prev   # compared with
     run_cfg = json.loads((args.run / "run.json").read_text())
     from wavelm.train import TrainConfig, use_bf16
     bf16 = use_bf16("cpu", TrainConfig(**run_cfg["train"]))
@@ -367,15 +388,15 @@ def main():
             "train_tokens_per_s_median": rounds[-1]["tokens_per_s_median"],
             "train_minutes": sum(r["minutes"] for r in rounds), "rounds": rounds,
             "val_curve": [[r["step"], round(r["val_bits"], 4)] for r in rows if r.get("event") == "val"],
-            "best_val_crops": meta.get("best_val_bits"),
-            "scores": m, "previous_scores": (prev or {}).get("card", {}).get("scores", {})}
+            "best_val_crops": meta.get("val_bits"),       # the shipped step's (best/ or steps/<step>/)
+            "scores": m, "previous_scores": (old_model or {}).get("card", {}).get("scores", {})}
     if args.old_unseen and args.old_unseen.is_file():
         card["old_unseen"] = f"{json.loads(args.old_unseen.read_text())['mean_bits_per_sample']:.3f}"
-    elif prev and "unseen" in prev.get("card", {}).get("scores", {}):
-        card["old_unseen"] = f"{prev['card']['scores']['unseen']['bits_per_sample']:.3f}"
+    elif old_model and "unseen" in old_model.get("card", {}).get("scores", {}):
+        card["old_unseen"] = f"{old_model['card']['scores']['unseen']['bits_per_sample']:.3f}"
     q_old = json.loads(args.quality_old.read_text()) if args.quality_old else None
-    if q_old is None and prev and "quality" in prev.get("card", {}):
-        q_old = {"summary": prev["card"]["quality"]}
+    if q_old is None and old_model and "quality" in old_model.get("card", {}):
+        q_old = {"summary": old_model["card"]["quality"], "sampling": old_model.get("sampling", {})}
     if q:
         card["quality"] = q["summary"]
     meta["card"] = card

@@ -8,14 +8,14 @@
 #   recipes/piano/select.sh runs/piano6/steps/* wavelm/pretrained       # -> runs/select/<name>.json
 #   FLAGS="--min-p 0.002" OUT=runs/select_minp recipes/piano/select.sh runs/piano6/steps/*
 #   python recipes/piano/sampling/table.py --by-name runs/select/*.json
-#   python recipes/piano/ship.py --listening-only runs/select/wavelm-pretrained.json runs/select/steps-20000.json
+#   python recipes/piano/ship.py --listening-only runs/select/wavelm-pretrained.json runs/select/runs-piano6-steps-20000.json
 set -euo pipefail
 OUT=${OUT:-runs/select}
 DATA=${DATA:-data/piano}
 CLIPS=${CLIPS:-6}
 mkdir -p "$OUT"
 for ck in "$@"; do
-  name=$(basename "$(dirname "$ck")")-$(basename "$ck")
+  name=$(echo "${ck%/}" | tr '/' '-')                       # runs/piano6/steps/500 -> runs-piano6-steps-500
   [ -s "$OUT/$name.json" ] && { echo "have $OUT/$name.json"; continue; }
   echo "== $ck ${FLAGS:-}"
   # shellcheck disable=SC2086

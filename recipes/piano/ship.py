@@ -6,7 +6,7 @@ candidate's. Prints each rule with its numbers and exits 0 when the candidate sh
     wavelm bench quality --data data/piano --checkpoint runs/piano6/best --json runs/quality_piano6.json
     .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/quality_piano6.json
     .venv/bin/python recipes/piano/ship.py --listening-only runs/select/wavelm-pretrained.json \
-        runs/select/steps-20000.json        # a screen without scores (recipes/piano/select.sh)
+        runs/select/runs-piano6-steps-20000.json        # a screen without scores (recipes/piano/select.sh)
 
 The candidate replaces the bundle when all hold: fewer bits on test and on the unseen piano; a
 higher harmonic share and a smaller continuation harmonic gap; no other listening measure more

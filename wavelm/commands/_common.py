@@ -77,8 +77,8 @@ def check_device(device: str) -> None:
 GENERATION_FLAGS = {"batch_size": "--num-samples"}
 
 
-def flag_of(name: str) -> str:
-    return GENERATION_FLAGS.get(name, "--" + name.replace("_", "-"))
+def flag_of(name: str, batch_flag: str = "--num-samples") -> str:
+    return batch_flag if name == "batch_size" else GENERATION_FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def add_sampling_arguments(parser, title: str) -> None:
@@ -115,20 +115,21 @@ def model_sampling(model, args):
         raise UserError(flag_names(str(e))) from None
 
 
-def flag_names(message: str) -> str:
+def flag_names(message: str, batch_flag: str = "--num-samples") -> str:
     """A generation error with each argument name (batch_size, top_p, ...) as its flag."""
     from wavelm.decode.sampling import Sampling
 
     names = [f.name for f in dataclasses.fields(Sampling)] + ["batch_size", "seconds", "seed"]
-    return re.sub(r"(?<![\w-])(" + "|".join(names) + r")(?![\w-])", lambda m: flag_of(m.group(0)), message)
+    return re.sub(r"(?<![\w-])(" + "|".join(names) + r")(?![\w-])", lambda m: flag_of(m.group(0), batch_flag), message)
 
 
-def check_generation_flags(seconds=None, batch_size=1, seed=0, **options):
-    """wavelm.generation.check_args, its ValueError turned into a UserError naming the flags:
-    ({seconds, batch_size, seed}, Sampling)."""
+def check_generation_flags(seconds=None, batch_size=1, seed=0, sampling=None, batch_flag="--num-samples",
+                           **options):
+    """wavelm.generation.check_args, its ValueError turned into a UserError naming the flags
+    (`batch_flag`: the command's flag of the batch size): ({seconds, batch_size, seed}, Sampling)."""
     from wavelm.generation import check_args
 
     try:
-        return check_args(seconds, batch_size, seed, **options)
+        return check_args(seconds, batch_size, seed, sampling, **options)
     except ValueError as e:
-        raise UserError(flag_names(str(e))) from None
+        raise UserError(flag_names(str(e), batch_flag)) from None

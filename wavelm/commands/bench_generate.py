@@ -145,12 +145,13 @@ def run(args) -> int:
     check_device(args.device)
     from wavelm.commands._common import check_generation_flags, model_sampling, sampling_options
 
-    _, args.sampling = check_generation_flags(None, max(batches), **sampling_options(args))
+    check_generation_flags(None, max(batches), batch_flag="--batch", **sampling_options(args))
     torch.set_num_threads(args.threads)
     if args.lpc is not None:
         return _lpc_price(args)
     model, what = _model(args)
     args.sampling = model_sampling(model, args)                     # the model's own, the flags on top
+    check_generation_flags(None, max(batches), sampling=args.sampling, batch_flag="--batch")   # its best_of too
     cfg, sr = model.config, model.config.sample_rate
     context = args.context or cfg.stage_windows[-1] * cfg.hop[-1]
     print(f"wavelm bench generate: {what}")

@@ -104,6 +104,7 @@ def run(args) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     t0 = time.perf_counter()
     sampling = model_sampling(model, args)
+    check_generation_flags(args.seconds, args.num_samples, args.seed, sampling=sampling)   # its best_of too
     kw = dict(batch_size=args.num_samples, seed=args.seed, prompt=prompt, sampling=sampling,
               progress=progress, backend=args.backend, threads=threads)
     try:       # the memory check and the prompt's, before any work

@@ -70,13 +70,13 @@ class Sampling:
     """Every sampling option (see the module docstring); ValueError naming a bad one.
     Each field's metadata holds its flag's help, metavar and type (`_option`)."""
     temperature: float = _option(1.0, "T", "softmax temperature > 0")
-    top_k: int | None = _option(None, "K", "sample among the K most likely values", int)
+    top_k: int | None = _option(None, "K", "sample among the K most likely values (0: off)", int)
     top_p: float = _option(1.0, "P", "nucleus sampling: the smallest set of values with mass >= P, 0 < P <= 1")
     min_p: float = _option(0.0, "M", "drop values less likely than M times the most likely, 0 <= M < 1")
     floor: float = _option(0.0, "F", "subtract F from every probability and renormalise (LPCNet: 0.002), "
                                      "0 <= F < 1")
     tonal_temperature: float | None = _option(None, "T2", "temperature where the recent output is fully "
-                                                          "periodic (LPCNet: half the temperature)")
+                                                          "periodic (LPCNet: half the temperature; 0: off)")
     tonal_threshold: float = _option(1 / 3, "C", "periodicity below which the temperature is not lowered, "
                                                  "0 <= C < 1")
     tonal_gate_db: float = _option(-40.0, "DB", "RMS (dB full scale) below which the temperature is not lowered")
@@ -90,6 +90,10 @@ class Sampling:
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise in place
         put("temperature", _number("temperature", self.temperature, 0, math.inf, lo_open=True))
+        for name in ("top_k", "tonal_temperature"):      # 0 turns them off (a model's own included)
+            v = getattr(self, name)
+            if not isinstance(v, bool) and isinstance(v, (int, float)) and v == 0:
+                put(name, None)
         if self.top_k is not None:
             put("top_k", _integer("top_k", self.top_k, 1, 1 << 30))
         put("top_p", _number("top_p", self.top_p, 0, 1, lo_open=True))
@@ -131,7 +135,7 @@ class Sampling:
 
     def __str__(self) -> str:
         """"temperature 1, min_p 0.002": the fields that differ from the defaults."""
-        return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.changed().items())
+        return ", ".join(f"{k} {_shown(v)}" for k, v in self.changed().items())
 
     @property
     def tonal(self) -> bool:
@@ -142,6 +146,13 @@ class Sampling:
         return Numeric(float(self.temperature), int(self.top_k or 0), float(self.top_p), float(self.min_p),
                        float(self.floor), float(self.tonal_temperature or 0.0), float(self.tonal_threshold),
                        int(self.best_of))
+
+
+def _shown(v) -> str:
+    """A field's value as its flag takes it: 0.002, 4, 2,20."""
+    if isinstance(v, (tuple, list)):
+        return ",".join(f"{x:g}" for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _isfloat(x: str) -> bool:

@@ -18,6 +18,7 @@ The run directory:
     cache/          the token cache when `data` is an audio folder; reused while files are unchanged
     last/           model dir + trainer_state.pt, every `save_every` steps and at the end
     best/           model dir with the lowest validation bits so far
+    steps/<step>/   model dirs kept every `keep_every` steps (--keep-every), to choose among by listening
     tb/             TensorBoard events (`tensorboard=True`)
     .wavelm.lock    while a run writes: its PID, under an flock (a second `train --out RUN` is refused)
 

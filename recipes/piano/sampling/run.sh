@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 ck=()
 [ -n "${CHECKPOINT:-}" ] && ck=(--checkpoint "$CHECKPOINT")
 configs=(
-  "plain|"
+  "plain|"                # the model's own sampling (the defaults where it ships none)
   "t0.9|--temperature 0.9"
   "tonal0.5|--tonal-temperature 0.5"
   "floor|--floor 0.002"
@@ -39,5 +39,5 @@ for c in "${configs[@]}"; do
   [ -s "$OUT/$tag.json" ] && { echo "have $OUT/$tag.json"; continue; }
   echo "== $tag: $flags"
   # shellcheck disable=SC2086
-  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files "$MAXFILES" --unseen '' --clips "$CLIPS" ${NOSCORE:+--no-score} $flags --json "$OUT/$tag.json"
+  wavelm bench quality "${ck[@]}" --data "$DATA" --max-files "$MAXFILES" --unseen '' --clips "$CLIPS" $([ "${NOSCORE:-0}" = 1 ] && echo --no-score) $flags --json "$OUT/$tag.json"
 done
