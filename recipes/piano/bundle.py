@@ -352,6 +352,9 @@ def main():
     ap.add_argument("--command", default=COMMAND, help="the exact command(s) of this run, for the card")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    # read before --out is written (--replaces is often --out's own config.json)
+    prev = json.loads(args.previous.read_text()) if args.previous else None
+    old_model = json.loads(args.replaces.read_text()) if args.replaces else prev   # compared with
     src = args.best or args.run / "best"
     meta = json.loads((src / "config.json").read_text())
     q = json.loads(args.quality.read_text()) if args.quality else None
@@ -378,8 +381,6 @@ def main():
     m = saved_scores(args.run, meta["step"])
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if r.get("step", 0) <= meta["step"]]      # the log up to the shipped checkpoint
-    prev = json.loads(args.previous.read_text()) if args.previous else None
-    old_model = json.loads(args.replaces.read_text()) if args.replaces else prev   # compared with
     run_cfg = json.loads((args.run / "run.json").read_text())
     from wavelm.train import TrainConfig, use_bf16
     bf16 = use_bf16("cpu", TrainConfig(**run_cfg["train"]))
