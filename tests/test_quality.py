@@ -25,6 +25,15 @@ def test_decaying_harmonic_tone():
     assert "A3" in m["pitches"] and "A4" in m["pitches"]
 
 
+def test_chroma_change_tells_a_moving_tune_from_a_drone():
+    notes = [220.0, 262.0, 330.0, 392.0, 294.0, 247.0, 349.0, 440.0]           # a new note each 0.5 s
+    tune = np.concatenate([tone(0.5, f, decay=2.0) for f in notes])
+    drone = tone(4.0, 220.0, decay=0.0)
+    assert quality.chroma_change(tune, SR) > 0.3
+    assert quality.chroma_change(drone, SR) < 0.01
+    assert quality.chroma_change(tone(0.3), SR) == 0.0                           # under two windows
+
+
 def test_the_codec_floor_raises_flatness_not_harmonic_share():
     # real audio is compared as the codec writes it: 8-bit mu-law adds a noise floor that no
     # model of the tokens can avoid (flatness up), while the tone stays a tone

@@ -7,11 +7,13 @@ spec = importlib.util.spec_from_file_location("ship", Path(__file__).parents[1] 
 ship = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ship)
 
-REAL = {"loudness_ratio": 9.0, "chroma_top7": 0.8, "flatness": 1e-3, "onsets_per_s": 3.0, "harmonic_share": 0.97}
+REAL = {"loudness_ratio": 9.0, "chroma_top7": 0.8, "chroma_change": 0.2, "flatness": 1e-3, "onsets_per_s": 3.0,
+        "harmonic_share": 0.97}
 
 
-def report(bits, harm, gap, loud=1.4, flat=7e-3, cont_flat=6.0):
-    gen = {"loudness_ratio": loud, "chroma_top7": 0.63, "flatness": flat, "onsets_per_s": 6.0, "harmonic_share": harm}
+def report(bits, harm, gap, loud=1.4, flat=7e-3, cont_flat=6.0, change=0.05):
+    gen = {"loudness_ratio": loud, "chroma_top7": 0.63, "chroma_change": change, "flatness": flat, "onsets_per_s": 6.0,
+           "harmonic_share": harm}
     return {"score": {"test": {"bits_per_sample": bits}, "unseen": {"bits_per_sample": bits + 1.5}},
             "summary": {"real": REAL, "generated": gen,
                         "continuation": {"harmonic_gap": gap, "flatness_ratio": cont_flat}}}
@@ -30,6 +32,10 @@ def test_better_everywhere_ships_and_each_rule_can_stop_it():
     assert not verdict(old, report(2.90, 0.80, 0.30))                      # wider continuation gap
     assert not verdict(old, report(2.90, 0.80, 0.10, flat=2e-2))           # flatter: further from real
     assert not verdict(old, report(2.90, 0.80, 0.10, cont_flat=20.0))      # continuations noisier
+    assert not verdict(old, report(2.90, 0.80, 0.10, change=0.0))          # a drone: the harmony stops
+    no_change = copy.deepcopy(new)
+    del no_change["summary"]["generated"]["chroma_change"]
+    assert not verdict(old, no_change)                                     # a report without the measure
     worse_but_within = report(2.90, 0.80, 0.10, loud=1.3)                  # 1.4x -> 1.3x: within 10%
     assert verdict(old, worse_but_within)
     no_unseen = copy.deepcopy(new)

@@ -14,6 +14,9 @@ excerpts are. The measures (librosa, an optional dependency: `pip install 'wavel
   (sustained pitched tones: ~1; white noise: ~0.5);
 - chroma_top7: over 5 s windows, the share of chroma energy in the 7 strongest of 12 pitch
   classes (music in a key: ~0.8; noise: ~7/12);
+- chroma_change: the median of 1 - cosine between the chroma of consecutive half-seconds (a
+  tune whose harmony moves, these renders: 0.1-0.33; one held drone: ~0; a bed of noise: small),
+  the measure that tells a steady drone, which scores high harmonic share and chroma, from music;
 - flatness: median spectral flatness (tones: ~1e-4; white noise: ~0.5); centroid_hz: median
   spectral centroid;
 - pitches: the 8 strongest peaks of a constant-Q spectrum summed over the clip (note names).
@@ -91,6 +94,19 @@ def chroma_top7(y: np.ndarray, sr: int, window_s: float = 5.0) -> float:
     return float(np.mean(shares))
 
 
+def chroma_change(y: np.ndarray, sr: int, window_s: float = 0.5) -> float:
+    lb = _librosa()
+    S = np.abs(lb.stft(np.asarray(y, np.float32), n_fft=2048, hop_length=512)) ** 2
+    C = lb.feature.chroma_stft(S=S, sr=sr, norm=None, tuning=0.0)         # (12, frames)
+    per = max(1, int(window_s * sr / 512))
+    n = C.shape[1] // per
+    if n < 2:
+        return 0.0
+    W = C[:, :n * per].reshape(12, n, per).sum(axis=2)
+    W = W / (np.linalg.norm(W, axis=0, keepdims=True) + EPS)
+    return float(np.median(1.0 - (W[:, 1:] * W[:, :-1]).sum(axis=0)))
+
+
 def strongest_pitches(y: np.ndarray, sr: int, n: int = 8) -> list[str]:
     lb = _librosa()
     fmin = lb.note_to_hz("A0")
@@ -117,6 +133,7 @@ def measures(y: np.ndarray, sr: int) -> dict:
             "rms_min": float(rms.min()), "rms_median": float(np.median(rms)), "rms_max": float(rms.max()),
             "loudness_ratio": loudness_ratio(rms), "onsets_per_s": len(onsets) / max(len(y) / sr, EPS),
             "harmonic_share": harmonic_share(y, sr), "chroma_top7": chroma_top7(y, sr),
+            "chroma_change": chroma_change(y, sr),
             "flatness": _flat(y, sr), "centroid_hz": float(np.median(cent)),
             "pitches": strongest_pitches(y, sr)}
 
@@ -336,8 +353,8 @@ def _bar(items, progress, desc):
 def summarize(report: dict) -> dict:
     """Medians over clips of the headline measures, generated vs real, and the continuation
     gaps (ratio of flatness, difference of harmonic share, first second after the prompt)."""
-    keys = ("loudness_ratio", "onsets_per_s", "harmonic_share", "chroma_top7", "flatness", "centroid_hz",
-            "model_bits", "rms_median")
+    keys = ("loudness_ratio", "onsets_per_s", "harmonic_share", "chroma_top7", "chroma_change", "flatness",
+            "centroid_hz", "model_bits", "rms_median")
     out = {}
     for side in ("real", "generated"):
         out[side] = {k: float(np.median([m[k] for m in report[side]])) for k in keys if report[side]}

@@ -180,6 +180,7 @@ def quality_rows(q: dict | None, q_old: dict | None) -> str:
         return "(run `wavelm bench quality` and pass --quality)"
     keys = [("loudest / quietest second", "loudness_ratio", "{:.1f}x"), ("onsets per second", "onsets_per_s", "{:.2f}"),
             ("harmonic share (HPSS)", "harmonic_share", "{:.3f}"), ("chroma top-7 share", "chroma_top7", "{:.3f}"),
+            ("chroma change per 0.5 s (harmony moving; a drone ~0)", "chroma_change", "{:.3f}"),
             ("median spectral flatness", "flatness", "{:.1e}"), ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
             ("strongest pitches, overlap between clips", "pitch_overlap", "{:.2f}"),
             ("model's own bits/sample on the clip", "model_bits", "{:.3f}")]
@@ -190,7 +191,8 @@ def quality_rows(q: dict | None, q_old: dict | None) -> str:
     lines = [head, "|---|---|---|---|"]
     for label, k, f in keys:
         old = f.format(so["generated"][k]) if so and so["generated"].get(k) is not None else "-"
-        lines.append(f"| {label} | {f.format(s['real'][k])} | {f.format(s['generated'][k])} | {old} |")
+        if k in s["real"]:
+            lines.append(f"| {label} | {f.format(s['real'][k])} | {f.format(s['generated'][k])} | {old} |")
     c, co = s.get("continuation", {}), (so or {}).get("continuation", {})
     if c:
         lines.append(f"| continuation, first 1 s: flatness / the real one's | 1x | {c['flatness_ratio']:.1f}x | "

@@ -48,8 +48,12 @@ def rules(old: dict, new: dict, listening_only: bool = False) -> list[tuple[str,
     else:
         out.append(("smaller continuation harmonic gap", False, "no continuations"))
     real = sn["real"]
-    others = [("loudness_ratio", True), ("chroma_top7", False), ("flatness", True), ("onsets_per_s", True)]
+    others = [("loudness_ratio", True), ("chroma_top7", False), ("chroma_change", False), ("flatness", True),
+              ("onsets_per_s", True)]
     for key, ratio in others:
+        if any(key not in r["generated"] for r in (so, sn)):     # a report from before the measure
+            out.append((f"{key} no more than 10% worse", False, "not measured in both reports"))
+            continue
         a, b = _gap(so["generated"][key], real[key], ratio), _gap(sn["generated"][key], real[key], ratio)
         # 10% worse: the distance to the real value grows by more than 10% of the real value's scale
         scale = 1.0 if ratio else max(abs(real[key]), 1e-12)

@@ -11,6 +11,7 @@ from pathlib import Path
 COLS = [("harmonic share", lambda s: f"{s['generated']['harmonic_share']:.3f}"),
         ("loudest/quietest s", lambda s: f"{s['generated']['loudness_ratio']:.1f}x"),
         ("chroma top-7", lambda s: f"{s['generated']['chroma_top7']:.3f}"),
+        ("chroma change", lambda s: f"{s['generated']['chroma_change']:.3f}" if "chroma_change" in s["generated"] else "-"),
         ("flatness / real", lambda s: f"{s['generated']['flatness'] / s['real']['flatness']:.1f}x"),
         ("onsets/s", lambda s: f"{s['generated']['onsets_per_s']:.2f}"),
         ("cont. flatness", lambda s: f"{s['continuation']['flatness_ratio']:.1f}x" if "continuation" in s else "-"),
@@ -29,7 +30,7 @@ def main(paths):
     print(f"| {'report' if by_name else 'sampling'} | " + " | ".join(c for c, _ in COLS) + " |")
     print("|---|" + "---:|" * len(COLS))
     print("| *real excerpts (codec)* | " + f"{real['harmonic_share']:.3f} | {real['loudness_ratio']:.1f}x | "
-          f"{real['chroma_top7']:.3f} | 1.0x | {real['onsets_per_s']:.2f} | 1.0x | +0.000 | "
+          f"{real['chroma_top7']:.3f} | {real.get('chroma_change', float('nan')):.3f} | 1.0x | {real['onsets_per_s']:.2f} | 1.0x | +0.000 | "
           f"{real['model_bits']:.2f} | - |")
     for tag, rep in reps:
         s = rep["summary"]
