@@ -96,16 +96,17 @@ def test_bench_quality_end_to_end(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_quality_no_score(tiny_checkpoint, tmp_path, capsys):
-    """--no-score: the listening measures of a sampling sweep, no split scored."""
+    """--no-score: the listening measures of a sampling sweep, no split scored; --seed: the clips' seeds."""
     from wavelm.audio import save_audio
     from wavelm.cli import main
 
     save_audio(tmp_path / "d" / "test" / "a__p1.wav", np.concatenate([tone(2.0, 220)] * 2), SR)
     rc = main(["bench", "quality", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "d"),
-               "--clips", "1", "--seconds", "1.5", "--prompt-seconds", "0.5", "--no-score",
+               "--clips", "1", "--seconds", "1.5", "--prompt-seconds", "0.5", "--no-score", "--seed", "7",
                "--json", str(tmp_path / "q.json")])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "harmonic share" in out and "bits/sample on test" not in out
     rep = json.loads((tmp_path / "q.json").read_text())
     assert rep["score"] == {} and len(rep["generated"]) == 1 and len(rep["continuations"]) == 1
+    assert rep["seed"] == 7 and rep["generated"][0]["seed"] == 7          # a screen's seeds are not the ship run's

@@ -247,16 +247,16 @@ def cut_mid_note(y: np.ndarray, sr: int, prompt_s: float, after_s: float = 1.0) 
 
 def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", clips: int = 3,
              seconds: float = 30.0, prompt_seconds: float = 1.5, sampling=None, max_files: int | None = None,
-             progress: bool = False, scores: bool = True) -> dict:
+             progress: bool = False, scores: bool = True, seed: int = 0) -> dict:
     """Score the split (and the unseen one; not with `scores=False`), generate `clips` clips from silence and continue
-    `clips` real excerpts cut mid-note with `sampling` (a wavelm.decode.Sampling; default the
+    `clips` real excerpts cut mid-note (clip k with seed `seed` + k) with `sampling` (a wavelm.decode.Sampling; default the
     model's own, wavelm.generation.model_sampling); measure all of it beside real excerpts. A dict."""
     from wavelm.generation import model_sampling
 
     sampling = sampling or model_sampling(model)
     sr = int(model.config.sample_rate)
     report = {"split": split, "clips": clips, "seconds": seconds, "sampling": sampling.changed(),
-              "max_files": max_files}
+              "max_files": max_files, "seed": seed}
     files = split_audio(data, split, sr)
     if not files:
         raise ValueError(f"{data}: the {split} split holds no audio")
@@ -302,12 +302,12 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
             report["score"][unseen] = score_files(un, unseen)
 
     # generated clips from silence, and real excerpts of the same length
-    gens = [generate(model, seconds=seconds, seed=s, sampling=sampling)[0] for s in range(clips)]
+    gens = [generate(model, seconds=seconds, seed=seed + s, sampling=sampling)[0] for s in range(clips)]
     real = [(name, start, codec_audio(y), y) for name, start, y in excerpts(files, clips, seconds, sr)]
     report["generated"] = []
     for s, y in enumerate(_bar(gens, progress, "measuring clips")):
         m = measures(y, sr)
-        m["seed"] = s
+        m["seed"] = seed + s
         m["model_bits"] = score(model, y, sample_rate=sr).bits_per_sample
         report["generated"].append(m)
     report["real"] = []
@@ -328,7 +328,7 @@ def evaluate(model, data, split: str = "test", unseen: str | None = "unseen", cl
         if c is None:
             continue
         prompt = y[c - int(prompt_seconds * sr): c]
-        out = generate(model, seconds=1.0, seed=k, prompt=prompt, sampling=sampling)[0]
+        out = generate(model, seconds=1.0, seed=seed + k, prompt=prompt, sampling=sampling)[0]
         truth = codec_audio(y[c: c + sr])
         conts.append({"name": name, "cut_s": round(c / sr, 3), "generated": window_measures(out, sr),
                       "real": window_measures(truth, sr),

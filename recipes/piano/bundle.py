@@ -2,8 +2,8 @@
 
     # the candidate as it would ship (float16), measured beside the bundle, the ship rule:
     .venv/bin/python recipes/piano/bundle.py runs/piano6 --out runs/piano6/shipped --copy-only
-    wavelm bench quality --checkpoint runs/piano6/shipped --json runs/piano6/quality.json --plot docs/quality.png
-    wavelm bench quality --json runs/quality_bundle.json                 # the same flags
+    wavelm bench quality --checkpoint runs/piano6/shipped --seed 100 --json runs/piano6/quality.json --plot docs/quality.png
+    wavelm bench quality --seed 100 --json runs/quality_bundle.json      # the same flags
     .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/piano6/quality.json
     # it ships: copy, measure what the report lacks (Bach-piano test, speed), write the card
     .venv/bin/python recipes/piano/bundle.py runs/piano6 --quality runs/piano6/quality.json \\

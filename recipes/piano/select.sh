@@ -4,7 +4,8 @@
 # sampling given in FLAGS; one report per checkpoint, skipped when it exists. The listening
 # measures do not follow the val bits (docs/bundled_model.md, "Round 6"), so the candidate is
 # chosen among the kept checkpoints (`wavelm train --keep-every N`) by these, then measured once
-# on test with recipes/piano/ship.py.
+# on test with recipes/piano/ship.py, with other seeds (--seed 100: the clips from silence do not
+# depend on the split, so the screen's seeds 0-5 would measure the very clips it chose by).
 #   recipes/piano/select.sh runs/piano6/steps/* wavelm/pretrained       # -> runs/select/<name>.json
 #   FLAGS="--min-p 0.002" OUT=runs/select_minp recipes/piano/select.sh runs/piano6/steps/*
 #   python recipes/piano/sampling/table.py --by-name runs/select/*.json

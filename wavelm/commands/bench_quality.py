@@ -6,6 +6,7 @@ import sys
 
 from wavelm.commands._common import add_sampling_arguments, check_generation_flags, model_sampling, sampling_options
 from wavelm.errors import UserError
+from wavelm.generation import MAX_SEED
 
 
 def add_arguments(p):
@@ -16,6 +17,9 @@ def add_arguments(p):
     p.add_argument("--unseen", default="unseen", help="held-out split scored too, if present (default unseen; '' for none)")
     p.add_argument("--clips", type=int, default=3, metavar="K", help="clips generated, excerpts and continuations (default 3)")
     p.add_argument("--seconds", type=float, default=30.0, metavar="S", help="length of clips and excerpts (default 30)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="clip k is generated with seed N + k (default 0); a screen and the measurement it "
+                        "chose by use different seeds")
     p.add_argument("--prompt-seconds", type=float, default=1.5, metavar="P",
                    help="prompt before each continuation's mid-note cut (default 1.5)")
     p.add_argument("--max-files", type=int, default=None, metavar="N",
@@ -34,7 +38,9 @@ def run(args) -> int:
     from wavelm.files import check_output
 
     # every flag before any work (scoring a split takes minutes), each error naming its flag
-    check_generation_flags(args.seconds, 1, **sampling_options(args))
+    check_generation_flags(args.seconds, 1, args.seed, **sampling_options(args))
+    if args.seed + args.clips - 1 > MAX_SEED:
+        raise UserError(f"--seed + --clips must stay <= {MAX_SEED}, got {args.seed} + {args.clips}")
     if not (math.isfinite(args.prompt_seconds) and 0 < args.prompt_seconds <= 600):
         raise UserError(f"--prompt-seconds must be > 0 and <= 600, got {args.prompt_seconds:g}")
     for flag, v in (("--clips", args.clips), ("--threads", args.threads)):
@@ -63,7 +69,7 @@ def run(args) -> int:
     try:
         rep = quality.evaluate(model, args.data, split=args.split, unseen=args.unseen or None, clips=args.clips,
                                seconds=args.seconds, prompt_seconds=args.prompt_seconds,
-                               sampling=sampling, max_files=args.max_files, scores=not args.no_score,
+                               sampling=sampling, max_files=args.max_files, scores=not args.no_score, seed=args.seed,
                                progress=sys.stderr.isatty())
     except ValueError as e:
         raise UserError(str(e)) from None
