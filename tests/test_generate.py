@@ -141,7 +141,7 @@ def test_unsupported_model_falls_back_to_reference(monkeypatch, caplog):
 @pytest.mark.parametrize("kw, match", [
     ({"seconds": 0}, "seconds"), ({"seconds": math.nan}, "seconds"), ({"seconds": 601}, "600"),
     ({"seconds": 1e-6}, "less than one sample"), ({"temperature": 0}, "temperature"),
-    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
     ({"batch_size": 0}, "batch_size"), ({"chunk_samples": 0}, "chunk_samples"),
     ({"prompt": np.zeros(0)}, "no samples"), ({"prompt": np.array([0.1, np.nan])}, "NaN"),
     ({"prompt": "/no/such.wav"}, "no such file"), ({"backend": "gpu"}, "backend"),
@@ -184,7 +184,7 @@ def test_cli_writes_wavs_of_the_right_length_and_rate(checkpoint, tmp_path, caps
 @pytest.mark.parametrize("extra, match", [
     (["--seconds", "0"], "--seconds"), (["--seconds", "nan"], "--seconds"), (["--seconds", "1000"], "600"),
     (["--top-p", "0"], "--top-p"), (["--top-p", "1.5"], "--top-p"), (["--temperature", "0"], "--temperature"),
-    (["--temperature", "-1"], "--temperature"), (["--top-k", "0"], "--top-k"),
+    (["--temperature", "-1"], "--temperature"), (["--top-k", "-1"], "--top-k"),
     (["--num-samples", "0"], "--num-samples"), (["--prompt", "MISSING"], "no such file"),
     (["--prompt", "GARBAGE"], "cannot read audio"), (["--prompt-seconds", "1"], "needs --prompt"),
     (["--checkpoint", "OTHER_CODEC"], "codec"),

@@ -15,6 +15,7 @@ def report(bits, harm, gap, loud=1.4, flat=7e-3, cont_flat=6.0, change=0.05):
     gen = {"loudness_ratio": loud, "chroma_top7": 0.63, "chroma_change": change, "flatness": flat, "onsets_per_s": 6.0,
            "harmonic_share": harm}
     return {"score": {"test": {"bits_per_sample": bits}, "unseen": {"bits_per_sample": bits + 1.5}},
+            "real": [{"loudness_ratio": v} for v in (3.0, 9.0, 25.0)],      # the excerpts' own spread
             "summary": {"real": REAL, "generated": gen,
                         "continuation": {"harmonic_gap": gap, "flatness_ratio": cont_flat}}}
 
@@ -51,3 +52,19 @@ def test_listening_only_skips_the_bits():
     res = ship.rules(old, new, listening_only=True)
     assert all(ok for _, ok, _ in res) and not any("bits" in name for name, _, _ in res)
     assert not all(ok for _, ok, _ in ship.rules(old, report(2.9, 0.5, 0.1), listening_only=True))
+
+
+def test_loudness_range_is_judged_against_the_real_excerpts_spread():
+    """Round 6 at step 17,500: excerpts of 2.3x, 3.3x and 25.4x (median 3.3x), the bundle's static
+    1.3x, the candidate's 14.1x. Rule 1 (distance to the median) calls 14.1x worse; rule 2 (distance
+    outside the excerpts' spread) does not, and still refuses a range beyond every excerpt's."""
+    def with_real(r):
+        r["real"] = [{"loudness_ratio": v} for v in (2.3, 3.3, 25.4)]
+        r["summary"]["real"] = {**REAL, "loudness_ratio": 3.3}
+        return r
+    old = with_real(report(3.15, 0.62, 0.25, loud=1.3))
+    new = with_real(report(2.90, 0.80, 0.10, loud=14.1, flat=4e-3))
+    loud = {v: dict((n, ok) for n, ok, _ in ship.rules(old, new, rule=v))["loudness_ratio no more than 10% worse"]
+            for v in (1, 2)}
+    assert loud == {1: False, 2: True} and verdict(old, new)
+    assert not verdict(old, with_real(report(2.90, 0.80, 0.10, loud=400.0, flat=4e-3)))   # silences: beyond all
