@@ -82,10 +82,15 @@ def harmonic_share(y: np.ndarray, sr: int) -> float:
     return (h + EPS) / (h + p + 2 * EPS)
 
 
-def chroma_top7(y: np.ndarray, sr: int, window_s: float = 5.0) -> float:
+def _chroma(y: np.ndarray, sr: int) -> np.ndarray:
+    """Chroma energy (12, frames of 512 samples), shared by chroma_top7 and chroma_change."""
     lb = _librosa()
     S = np.abs(lb.stft(np.asarray(y, np.float32), n_fft=2048, hop_length=512)) ** 2
-    C = lb.feature.chroma_stft(S=S, sr=sr, norm=None, tuning=0.0)         # (12, frames)
+    return lb.feature.chroma_stft(S=S, sr=sr, norm=None, tuning=0.0)
+
+
+def chroma_top7(y: np.ndarray, sr: int, window_s: float = 5.0, C: np.ndarray | None = None) -> float:
+    C = _chroma(y, sr) if C is None else C
     per = max(1, int(window_s * sr / 512))
     shares = []
     for i in range(0, C.shape[1], per):
@@ -94,10 +99,8 @@ def chroma_top7(y: np.ndarray, sr: int, window_s: float = 5.0) -> float:
     return float(np.mean(shares))
 
 
-def chroma_change(y: np.ndarray, sr: int, window_s: float = 0.5) -> float:
-    lb = _librosa()
-    S = np.abs(lb.stft(np.asarray(y, np.float32), n_fft=2048, hop_length=512)) ** 2
-    C = lb.feature.chroma_stft(S=S, sr=sr, norm=None, tuning=0.0)         # (12, frames)
+def chroma_change(y: np.ndarray, sr: int, window_s: float = 0.5, C: np.ndarray | None = None) -> float:
+    C = _chroma(y, sr) if C is None else C
     per = max(1, int(window_s * sr / 512))
     n = C.shape[1] // per
     if n < 2:
@@ -129,11 +132,12 @@ def measures(y: np.ndarray, sr: int) -> dict:
     rms = rms_per_second(y, sr)
     onsets = lb.onset.onset_detect(y=y, sr=sr, units="time") if np.abs(y).max() > 0 else []
     cent = lb.feature.spectral_centroid(y=y, sr=sr, n_fft=1024, hop_length=256)[0]
+    C = _chroma(y, sr)
     return {"seconds": round(len(y) / sr, 3),
             "rms_min": float(rms.min()), "rms_median": float(np.median(rms)), "rms_max": float(rms.max()),
             "loudness_ratio": loudness_ratio(rms), "onsets_per_s": len(onsets) / max(len(y) / sr, EPS),
-            "harmonic_share": harmonic_share(y, sr), "chroma_top7": chroma_top7(y, sr),
-            "chroma_change": chroma_change(y, sr),
+            "harmonic_share": harmonic_share(y, sr), "chroma_top7": chroma_top7(y, sr, C=C),
+            "chroma_change": chroma_change(y, sr, C=C),
             "flatness": _flat(y, sr), "centroid_hz": float(np.median(cent)),
             "pitches": strongest_pitches(y, sr)}
 

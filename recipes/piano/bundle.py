@@ -363,7 +363,7 @@ def main():
     shipped = args.out / "config.json"
     if q:   # the model ships with the sampling its card measured
         meta.pop("sampling", None)
-        meta.update({"sampling": own_sampling(q)} if own_sampling(q) else {})
+        meta.update({"sampling": own} if (own := own_sampling(q)) else {})
     elif (args.card_only or args.no_copy) and shipped.is_file():      # the model in --out keeps its own
         meta.update({k: v for k, v in json.loads(shipped.read_text()).items() if k == "sampling"})
     if not (args.card_only or args.no_copy):

@@ -100,7 +100,8 @@ def table(rep: dict) -> str:
     s = rep["summary"]
     rows = [("loudest / quietest second", "loudness_ratio", "{:.1f}x"), ("onsets per second", "onsets_per_s", "{:.2f}"),
             ("harmonic share (HPSS)", "harmonic_share", "{:.3f}"), ("chroma top-7 share", "chroma_top7", "{:.3f}"),
-            ("chroma change per 0.5 s", "chroma_change", "{:.3f}"), ("median spectral flatness", "flatness", "{:.2e}"), ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
+            ("chroma change per 0.5 s", "chroma_change", "{:.3f}"), ("median spectral flatness", "flatness", "{:.2e}"),
+            ("spectral centroid (Hz)", "centroid_hz", "{:.0f}"),
             ("model's bits/sample on the clip", "model_bits", "{:.3f}")]
     from wavelm.decode.sampling import Sampling
 
