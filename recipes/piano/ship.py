@@ -20,9 +20,9 @@ loudest/quietest second is 2x and another's 25x, and the median of three is no t
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 TOLERANCE = 0.10
@@ -86,14 +86,14 @@ def rules(old: dict, new: dict, listening_only: bool = False, rule: int = 2) -> 
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    listening_only = "--listening-only" in argv
-    rule = 1 if "--rule" in argv and argv[argv.index("--rule") + 1:][:1] == ["1"] else 2
-    argv = [a for i, a in enumerate(argv) if a not in ("--listening-only", "--rule")
-            and not (i and argv[i - 1] == "--rule")]
-    if len(argv) != 2:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        return 2
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("old", help="the shipped model's report")
+    p.add_argument("new", help="the candidate's report")
+    p.add_argument("--listening-only", action="store_true", help="without the bits (reports made with --no-score)")
+    p.add_argument("--rule", type=int, choices=(1, 2), default=2, help="loudness-range rule (default 2)")
+    args = p.parse_args(argv)
+    argv, listening_only, rule = (args.old, args.new), args.listening_only, args.rule
     old, new = (json.loads(Path(p).read_text()) for p in argv)
     if old.get("sampling") != new.get("sampling"):
         print(f"warning: the reports used different sampling ({old.get('sampling')} vs {new.get('sampling')})")

@@ -77,8 +77,8 @@ def check_device(device: str) -> None:
 GENERATION_FLAGS = {"batch_size": "--num-samples"}
 
 
-def flag_of(name: str, batch_flag: str = "--num-samples") -> str:
-    return batch_flag if name == "batch_size" else GENERATION_FLAGS.get(name, "--" + name.replace("_", "-"))
+def flag_of(name: str, batch_flag: str = GENERATION_FLAGS["batch_size"]) -> str:
+    return batch_flag if name == "batch_size" else "--" + name.replace("_", "-")
 
 
 def add_sampling_arguments(parser, title: str) -> None:
@@ -115,7 +115,7 @@ def model_sampling(model, args):
         raise UserError(flag_names(str(e))) from None
 
 
-def flag_names(message: str, batch_flag: str = "--num-samples") -> str:
+def flag_names(message: str, batch_flag: str = GENERATION_FLAGS["batch_size"]) -> str:
     """A generation error with each argument name (batch_size, top_p, ...) as its flag."""
     from wavelm.decode.sampling import Sampling
 
@@ -123,8 +123,8 @@ def flag_names(message: str, batch_flag: str = "--num-samples") -> str:
     return re.sub(r"(?<![\w-])(" + "|".join(names) + r")(?![\w-])", lambda m: flag_of(m.group(0), batch_flag), message)
 
 
-def check_generation_flags(seconds=None, batch_size=1, seed=0, sampling=None, batch_flag="--num-samples",
-                           **options):
+def check_generation_flags(seconds=None, batch_size=1, seed=0, sampling=None,
+                           batch_flag=GENERATION_FLAGS["batch_size"], **options):
     """wavelm.generation.check_args, its ValueError turned into a UserError naming the flags
     (`batch_flag`: the command's flag of the batch size): ({seconds, batch_size, seed}, Sampling)."""
     from wavelm.generation import check_args
