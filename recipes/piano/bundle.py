@@ -302,7 +302,7 @@ Trained by the wavelm project with its own `wavelm train` on `recipes/piano`; pa
 | sampling | {sampling_text(q) if q else 'temperature 1'} by default (config.json "sampling"; any flag overrides it), chosen by measurement: docs/bundled_model.md |
 | generation | {g.get('samples_per_s_median', 0):,.0f} samples/s at batch 1 ({g.get('samples_per_s_median', 0) / 16000:.2f}x real time), {g.get('decoder', '?')} decoder, this machine, 1 thread |
 
-## What it sounds like (`wavelm bench quality`: 3 clips of 30 s from silence vs 3 real test excerpts)
+## What it sounds like (`wavelm bench quality`: {(q or {}).get('clips', 3)} clips of {(q or {}).get('seconds', 30):g} s from silence vs {(q or {}).get('clips', 3)} real test excerpts)
 
 {quality_rows(q, q_old)}
 
