@@ -82,6 +82,30 @@ def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
     assert bundle.hardware([{}, {}]) == bundle.OLD_HARDWARE
 
 
+
+def test_model_card_takes_the_round_of_the_checkpoint_a_run_started_from(tmp_path):
+    """--init-from RUN/steps/N: the other run's log up to step N is the first round, never past it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
+    spec = importlib.util.spec_from_file_location("piano_bundle", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    run = tmp_path / "run"
+    (run / "steps" / "8").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"train": {"amp": False}}))
+    meta = {"step": 8, "train": {"batch_size": 2, "seq_len": 16, "lr": 1e-3, "warmup": 1}}
+    (run / "steps" / "8" / "config.json").write_text(json.dumps(meta))
+    rows = [{"event": "start", "step": 0, "machine": "AMD", "bf16": False},
+            {"event": "train", "step": 8, "elapsed_s": 60.0, "tokens_per_s": 10.0},
+            {"event": "start", "step": 12, "machine": "Intel", "bf16": True},   # after the checkpoint
+            {"event": "train", "step": 12, "elapsed_s": 90.0, "tokens_per_s": 30.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (r,) = bundle.run_rounds(run / "steps" / "8", "wavelm train ...")
+    assert r["steps"] == 8 and r["tokens"] == 8 * 2 * 16 and r["minutes"] == 1.0
+    assert r["hardware"] == "AMD" and r["precision"] == "float32" and r["tokens_per_s_median"] == 10
+    assert r["command"] == "wavelm train ..."
+
 def test_model_card_targets_compare_with_the_adaptive_lpc(tmp_path):
     import importlib.util
 

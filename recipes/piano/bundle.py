@@ -1,12 +1,13 @@
 """Package a run trained on recipes/piano as wavelm's bundled model, with a measured model card.
 
-    # the candidate as it would ship (float16), measured beside the bundle, the ship rule:
-    .venv/bin/python recipes/piano/bundle.py runs/piano6 --out runs/piano6/shipped --copy-only
-    wavelm bench quality --checkpoint runs/piano6/shipped --seed 100 --json runs/piano6/quality.json --plot docs/quality.png
-    wavelm bench quality --seed 100 --json runs/quality_bundle.json      # the same flags
-    .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/piano6/quality.json
+    # the candidate as it would ship (float16), measured beside the bundle, the ship rule (rule 3,
+    # docs/bundled_model.md: whole test and unseen splits, 9 clips and continuations of test, seeds 300-308):
+    .venv/bin/python recipes/piano/bundle.py runs/piano6 --best runs/piano6/steps/N --out runs/cand --copy-only
+    wavelm bench quality --checkpoint runs/cand --clips 9 --seed 300 --json runs/cand/quality.json
+    wavelm bench quality --clips 9 --seed 300 --json runs/quality_bundle.json        # the same flags
+    .venv/bin/python recipes/piano/ship.py runs/quality_bundle.json runs/cand/quality.json
     # it ships: copy, measure what the report lacks (Bach-piano test, speed), write the card
-    .venv/bin/python recipes/piano/bundle.py runs/piano6 --quality runs/piano6/quality.json \\
+    .venv/bin/python recipes/piano/bundle.py runs/piano6 --quality runs/cand/quality.json \\
         --quality-is-shipped --quality-old runs/quality_bundle.json \\
         --replaces wavelm/pretrained/config.json --command "..."   # (--best runs/piano6/steps/N)
 
@@ -18,7 +19,9 @@ generation speed with the fast decoder at batch 1. The card (wavelm/pretrained/R
 the training log, the exact command, and the `wavelm bench quality` tables of this model and
 the previous one side by side. A run that continued an earlier bundled model (`wavelm train
 --init`) passes that model's config.json as `--previous`: the card then lists every training
-round (steps, tokens, minutes, precision, command) and compares with the previous model.
+round (steps, tokens, minutes, precision, command) and compares with the previous model; a run
+that continued a checkpoint of another run passes that checkpoint as `--init-from` (its run's log
+up to that step becomes the first round, `--init-command` its command).
 """
 from __future__ import annotations
 
@@ -79,6 +82,21 @@ def previous_rounds(prev: dict) -> list:
     return [{"steps": prev["step"], "tokens": card["tokens"], "minutes": round(card["train_minutes"], 1),
              "lr": tr.get("lr"), "warmup": tr.get("warmup"), "tokens_per_s_median": round(card["train_tokens_per_s_median"]),
              "precision": "float32", "command": COMMAND}]
+
+
+def bf16_of(run: Path) -> bool:
+    """Whether the run's recipe trains in bf16 on this machine's CPU (for logs without `start` events)."""
+    from wavelm.train import TrainConfig, use_bf16
+    return use_bf16("cpu", TrainConfig(**json.loads((run / "run.json").read_text())["train"]))
+
+
+def run_rounds(ckpt: Path, command: str) -> list:
+    """The round of the run a checkpoint (RUN/steps/N, RUN/best or RUN/last) belongs to, from its
+    log up to the checkpoint's step: what `wavelm train --init CKPT` continued."""
+    run = ckpt.parent.parent if ckpt.parent.name == "steps" else ckpt.parent
+    meta = json.loads((ckpt / "config.json").read_text())
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [this_round(meta, [r for r in rows if r.get("step", 0) <= meta["step"]], command, bf16_of(run))]
 
 
 MEASURES = ("unseen", "test", "bach_piano_test", "generate")
@@ -348,6 +366,9 @@ def main():
     ap.add_argument("--old-unseen", type=Path, default=None, help="`wavelm score --json` of the old model")
     ap.add_argument("--previous", type=Path, default=None,
                     help="config.json of the bundled model this run started from (--init): rounds, comparison")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="the checkpoint of another run this run started from (`wavelm train --init`): its round")
+    ap.add_argument("--init-command", default="", help="with --init-from: the command(s) of that run")
     ap.add_argument("--replaces", type=Path, default=None,
                     help="config.json of the bundled model this one replaces, from other weights: its "
                          "scores are compared, its rounds are not this model's (default: --previous)")
@@ -383,10 +404,9 @@ def main():
     m = saved_scores(args.run, meta["step"])
     rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if r.get("step", 0) <= meta["step"]]      # the log up to the shipped checkpoint
-    run_cfg = json.loads((args.run / "run.json").read_text())
-    from wavelm.train import TrainConfig, use_bf16
-    bf16 = use_bf16("cpu", TrainConfig(**run_cfg["train"]))
-    rounds = (previous_rounds(prev) if prev else []) + [this_round(meta, rows, args.command, bf16)]
+    bf16 = bf16_of(args.run)
+    before = previous_rounds(prev) if prev else run_rounds(args.init_from, args.init_command) if args.init_from else []
+    rounds = before + [this_round(meta, rows, args.command, bf16)]
     card = {"parameters": model.num_parameters(), "tokens": sum(r["tokens"] for r in rounds),
             "train_tokens_per_s_median": rounds[-1]["tokens_per_s_median"],
             "train_minutes": sum(r["minutes"] for r in rounds), "rounds": rounds,
