@@ -63,13 +63,18 @@ def test_bundled_model_scores_a_piano_like_tone_better_than_noise():
     assert wavelm.score(model, tone).bits_per_sample < wavelm.score(model, noise).bits_per_sample - 1
 
 
-def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
+def piano_bundle():
+    """recipes/piano/bundle.py as a module (recipes are scripts, not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
-    spec = importlib.util.spec_from_file_location("piano_bundle", path)
+    spec = importlib.util.spec_from_file_location("piano_bundle", Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py")
     bundle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle)
+    return bundle
+
+
+def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
+    bundle = piano_bundle()
     meta = {"step": 8, "train": {"batch_size": 2, "seq_len": 16, "lr": 1e-3, "warmup": 1}}
     rows = [{"event": "start", "step": 0, "machine": "AMD", "bf16": False},
             {"event": "train", "step": 4, "elapsed_s": 60.0, "tokens_per_s": 10.0},
@@ -82,15 +87,9 @@ def test_model_card_names_each_rounds_machine_and_precision_from_start_events():
     assert bundle.hardware([{}, {}]) == bundle.OLD_HARDWARE
 
 
-
 def test_model_card_takes_the_round_of_the_checkpoint_a_run_started_from(tmp_path):
     """--init-from RUN/steps/N: the other run's log up to step N is the first round, never past it."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
-    spec = importlib.util.spec_from_file_location("piano_bundle", path)
-    bundle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle)
+    bundle = piano_bundle()
     run = tmp_path / "run"
     (run / "steps" / "8").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"train": {"amp": False}}))
@@ -106,13 +105,9 @@ def test_model_card_takes_the_round_of_the_checkpoint_a_run_started_from(tmp_pat
     assert r["hardware"] == "AMD" and r["precision"] == "float32" and r["tokens_per_s_median"] == 10
     assert r["command"] == "wavelm train ..."
 
-def test_model_card_targets_compare_with_the_adaptive_lpc(tmp_path):
-    import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "recipes/piano/bundle.py"
-    spec = importlib.util.spec_from_file_location("piano_bundle", path)
-    bundle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle)
+def test_model_card_targets_compare_with_the_adaptive_lpc(tmp_path):
+    bundle = piano_bundle()
     for d, res in (("piano", {"test": {"lpc": 3.7, "alpc64_2048_64": 3.0}, "unseen": {"lpc": 4.8, "alpc64_2048_64": 4.1}}),
                    ("bach", {"test": {"lpc": 3.7, "alpc64_2048_64": 3.4}})):
         (tmp_path / d / "test").mkdir(parents=True)

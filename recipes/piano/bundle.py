@@ -90,13 +90,18 @@ def bf16_of(run: Path) -> bool:
     return use_bf16("cpu", TrainConfig(**json.loads((run / "run.json").read_text())["train"]))
 
 
+def log_rows(run: Path, step: int) -> list:
+    """The run's log (RUN/metrics.jsonl) up to a checkpoint's step."""
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return [r for r in rows if r.get("step", 0) <= step]
+
+
 def run_rounds(ckpt: Path, command: str) -> list:
     """The round of the run a checkpoint (RUN/steps/N, RUN/best or RUN/last) belongs to, from its
     log up to the checkpoint's step: what `wavelm train --init CKPT` continued."""
     run = ckpt.parent.parent if ckpt.parent.name == "steps" else ckpt.parent
     meta = json.loads((ckpt / "config.json").read_text())
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return [this_round(meta, [r for r in rows if r.get("step", 0) <= meta["step"]], command, bf16_of(run))]
+    return [this_round(meta, log_rows(run, meta["step"]), command, bf16_of(run))]
 
 
 MEASURES = ("unseen", "test", "bach_piano_test", "generate")
@@ -402,8 +407,7 @@ def main():
         measure(model, args.run, args.cache or args.run / "cache", args.bach, meta["step"],
                 tuple(args.only.split(",")), known=from_quality(q) if q and args.quality_is_shipped else None)
     m = saved_scores(args.run, meta["step"])
-    rows = [json.loads(ln) for ln in (args.run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    rows = [r for r in rows if r.get("step", 0) <= meta["step"]]      # the log up to the shipped checkpoint
+    rows = log_rows(args.run, meta["step"])      # the log up to the shipped checkpoint
     bf16 = bf16_of(args.run)
     before = previous_rounds(prev) if prev else run_rounds(args.init_from, args.init_command) if args.init_from else []
     rounds = before + [this_round(meta, rows, args.command, bf16)]
